@@ -1,0 +1,106 @@
+"""Defaults per platform and environment, so a stack file states only what differs.
+
+Order of precedence (later wins): BASE → ENVIRONMENT[env] → PLATFORM[platform] → the stack file.
+Sizes on `dev` fit a default minikube (2 CPU / 4 GiB for the whole platform); `prod` adds replicas,
+backups and deletion protection.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+POSTGRES_IMAGE = {"repository": "docker.io/library/postgres", "tag": "17.6-bookworm"}
+SEAWEEDFS_IMAGE = {"repository": "docker.io/chrislusf/seaweedfs", "tag": "4.47"}
+AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
+# Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers);
+# `make up` builds it into minikube, CI pushes it to the stack's registry.
+MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
+
+BASE: dict[str, Any] = {
+    "kubernetes": {"version": "1.34"},
+    "namespaces": {
+        "platform": "mlops-platform",
+        "mlflow": "mlflow",
+        "serving": "serving",
+        "monitoring": "monitoring",
+    },
+    "database": {
+        "image": POSTGRES_IMAGE,
+        "storageGi": 5,
+        "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
+        "backup": {
+            "enabled": False,
+            "schedule": "0 2 * * *",
+            "timeZone": "Etc/UTC",
+            "retentionDays": 14,
+            "image": AWS_CLI_IMAGE,
+        },
+    },
+    "objectStore": {
+        "image": SEAWEEDFS_IMAGE,
+        "storageGi": 10,
+        "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
+        "buckets": {"artifacts": "mlflow-artifacts", "datasets": "datasets", "backups": "backups"},
+    },
+    "mlflow": {
+        "image": MLFLOW_IMAGE,
+        "replicas": 1,
+        "workers": 1,
+        "resources": {"cpu": "200m", "memory": "512Mi", "memoryLimit": "1Gi"},
+    },
+}
+
+ENVIRONMENT: dict[str, dict[str, Any]] = {
+    "dev": {},
+    "staging": {
+        "database": {"storageGi": 20, "backup": {"enabled": True}},
+        "objectStore": {"storageGi": 50},
+        "mlflow": {"replicas": 2},
+    },
+    "prod": {
+        "database": {
+            "storageGi": 50,
+            "resources": {"cpu": "500m", "memory": "1Gi", "memoryLimit": "2Gi"},
+            "backup": {"enabled": True, "retentionDays": 30},
+        },
+        "objectStore": {
+            "storageGi": 200,
+            "resources": {"cpu": "250m", "memory": "512Mi", "memoryLimit": "1Gi"},
+        },
+        "mlflow": {
+            "replicas": 2,
+            "workers": 2,
+            "resources": {"cpu": "500m", "memory": "1Gi", "memoryLimit": "2Gi"},
+        },
+    },
+}
+
+PLATFORM: dict[str, dict[str, Any]] = {
+    "minikube": {"kubernetes": {"context": "minikube", "storageClass": "standard"}},
+    "existing": {},
+    "gke": {},
+    "eks": {},
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested dicts; values in `override` win, lists and scalars are replaced whole."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """The stack file's values layered over the defaults of its platform and environment.
+
+    Unknown platform/environment values fall back to no layer; validation then reports them.
+    """
+    layered = copy.deepcopy(BASE)
+    layered = deep_merge(layered, ENVIRONMENT.get(str(raw.get("environment")), {}))
+    layered = deep_merge(layered, PLATFORM.get(str(raw.get("platform")), {}))
+    return deep_merge(layered, raw)

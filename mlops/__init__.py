@@ -1,0 +1,1 @@
+"""The `mlops` command: offline plan, validation and other tools around the Pulumi program."""

@@ -1,0 +1,72 @@
+"""`mlops`: the project's command line (offline plan, validation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pulumi
+
+from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_config
+from mlops.paths import ROOT, stack_names
+
+
+def _load(stack: str):
+    """(config, plan) for a stack, or exit 2 with the config problems."""
+    from mlops.plan import run_program, stack_config
+
+    try:
+        values, secret_keys = stack_config(stack)
+        raw, secret_top = raw_from_pulumi_config(values, secret_keys)
+        config = parse_stack_config(raw, secret_top)
+        return config, run_program(stack, (values, secret_keys))
+    except (ConfigError, pulumi.RunError, FileNotFoundError) as error:
+        print(f"mlops: stack {stack!r}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mlops.plan import write_plan
+
+    started = time.perf_counter()
+    config, plan = _load(args.stack)
+    out = Path(args.out) if args.out else ROOT / "build" / "plan" / args.stack
+    summary = write_plan(plan, config.platform, out)
+    print(json.dumps(summary, indent=2))
+    print(f"plan of {args.stack!r} written to {out} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mlops.validate import validate_plan
+
+    config, plan = _load(args.stack)
+    print(f"config of {args.stack!r}: valid ({config.platform}, {config.environment})")
+    report = validate_plan(plan, config.kubernetes.version)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    stacks = ", ".join(stack_names())
+
+    plan = commands.add_parser("plan", help="run the program offline and write its plan")
+    plan.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    plan.add_argument("--out", help="output directory (default: build/plan/<stack>)")
+    plan.set_defaults(run=cmd_plan)
+
+    validate = commands.add_parser("validate", help="check config and every manifest against the schema")
+    validate.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    validate.set_defaults(run=cmd_validate)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

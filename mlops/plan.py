@@ -1,0 +1,227 @@
+"""Offline plan: the real Pulumi program under mocks — no CLI, no cluster, no credentials.
+
+Every resource the program registers is recorded from the wire (the same serialized inputs the
+Pulumi engine would receive), so wrong argument names fail here as they would in `pulumi up`.
+Secrets are replaced by "[secret]" before anything is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import mocks, rpc, settings
+from pulumi.runtime.sync_await import _sync_await
+
+from mlops.footprint import requests_of
+from mlops.paths import PROGRAM, PROJECT, stack_file
+
+SECRET = "[secret]"
+PLACEHOLDER_SECRET = "plan-placeholder-secret"  # stands in for `secure:` values the plan cannot decrypt
+
+
+@dataclass
+class Plan:
+    stack: str
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kubernetes_objects(self) -> list[dict[str, Any]]:
+        return [r["manifest"] for r in self.resources if r.get("manifest") is not None]
+
+    def of_type(self, type_token: str) -> list[dict[str, Any]]:
+        return [r for r in self.resources if r["type"] == type_token]
+
+    def manifest(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        for obj in self.kubernetes_objects:
+            meta = obj.get("metadata", {})
+            if obj.get("kind") == kind and meta.get("name") == name and (
+                namespace is None or meta.get("namespace") == namespace
+            ):
+                return obj
+        raise KeyError(f"no {kind} {namespace or '*'}/{name} in the plan of {self.stack}")
+
+    def summary(self, platform: str) -> dict[str, Any]:
+        running, jobs = requests_of(self)
+        return {
+            "stack": self.stack,
+            "platform": platform,
+            "resources": len(self.resources),
+            "kubernetes_objects": len(self.kubernetes_objects),
+            "requests": running,
+            "job_requests_peak": jobs,
+        }
+
+
+def _redact(value: Any) -> Any:
+    """Plain JSON from the wire format: secrets → "[secret]", resource references → URN."""
+    if isinstance(value, dict):
+        sig = value.get(rpc._special_sig_key)
+        if sig == rpc._special_secret_sig:
+            secret = value.get("value")
+            # keep the shape (key names are not secret) so manifests stay schema-valid
+            return {k: SECRET for k in secret} if isinstance(secret, dict) else SECRET
+        if sig == rpc._special_resource_sig:
+            return value.get("urn")
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if value == rpc.UNKNOWN:
+        return "[unknown]"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # protobuf Struct carries every number as a double
+    return value
+
+
+def _manifest(type_token: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """A Kubernetes object as YAML would declare it, for types that are plain API objects."""
+    if not type_token.startswith("kubernetes:") or type_token.startswith("kubernetes:helm.sh"):
+        return None
+    if "apiVersion" not in inputs or "kind" not in inputs:
+        return None
+    return {k: v for k, v in inputs.items() if k not in ("__defaults",)}
+
+
+class _Recorder(mocks.MockMonitor):
+    """The mock monitor, keeping what each registration carried."""
+
+    def __init__(self, plan_mocks: mocks.Mocks, plan: Plan):
+        super().__init__(plan_mocks)
+        self.plan = plan
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC name)
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        inputs = _redact(json_format.MessageToDict(request.object))
+        self.plan.resources.append({
+            "type": request.type,
+            "name": request.name,
+            "urn": response.urn,
+            "parent": request.parent or None,
+            "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,  # drop "::<id>"
+            "depends_on": sorted(set(request.dependencies)),
+            "protect": bool(request.protect),
+            "custom": bool(request.custom),
+            "inputs": inputs,
+            "manifest": _manifest(request.type, inputs),
+        })
+        return response
+
+
+class _Mocks(mocks.Mocks):
+    """Echo inputs as outputs; fill in what providers would compute."""
+
+    def new_resource(self, args: mocks.MockResourceArgs):
+        outputs = dict(args.inputs)
+        if args.typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
+            outputs["result"] = "x" * int(args.inputs.get("length", 16))
+        return f"{args.name}-id", outputs
+
+    def call(self, args: mocks.MockCallArgs):
+        return {}
+
+
+def stack_config(stack: str) -> tuple[dict[str, str], list[str]]:
+    """The stack file's config as the engine hands it to a program: namespaced keys, JSON values.
+
+    `secure:` values cannot be decrypted offline; they become a placeholder marked secret.
+    """
+    path = stack_file(stack)
+    document = yaml.safe_load(path.read_text()) or {}
+    values: dict[str, str] = {}
+    secret_keys: list[str] = []
+
+    def unseal(value: Any) -> tuple[Any, bool]:
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            return PLACEHOLDER_SECRET, True
+        if isinstance(value, dict):
+            pairs = {k: unseal(v) for k, v in value.items()}
+            return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+        if isinstance(value, list):
+            items = [unseal(v) for v in value]
+            return [v for v, _ in items], any(s for _, s in items)
+        return value, False
+
+    for key, raw in (document.get("config") or {}).items():
+        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        value, secret = unseal(raw)
+        if isinstance(value, (dict, list)):
+            values[full_key] = json.dumps(value)
+        elif isinstance(value, bool):
+            values[full_key] = "true" if value else "false"
+        else:
+            values[full_key] = str(value)
+        if secret:
+            secret_keys.append(full_key)
+    return values, secret_keys
+
+
+async def _resolve_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    resolved = {}
+    for name, value in outputs.items():
+        output = pulumi.Output.from_input(value)
+        resolved[name] = SECRET if await output.is_secret() else await output.future()
+    return resolved
+
+
+def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = None) -> Plan:
+    """Run infra/ under mocks for `stack` (or for explicit config values) and return its plan."""
+    values, secret_keys = config if config is not None else stack_config(stack)
+    plan = Plan(stack=stack)
+    plan_mocks = _Mocks()
+    settings.ROOT.set(None)
+    pulumi.runtime.set_all_config(values, secret_keys)
+    pulumi.runtime.set_mocks(plan_mocks, project=PROJECT, stack=stack, preview=False,
+                             monitor=_Recorder(plan_mocks, plan))
+    _sync_await(mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM / "__main__.py"), run_name="__main__")))
+    plan.resources.sort(key=lambda r: r["urn"])  # registration order is not guaranteed; URNs are
+    root = settings.get_root_resource()
+    plan.outputs = _sync_await(_resolve_outputs(dict(root.outputs))) if root is not None else {}
+    return plan
+
+
+def _ordered(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _ordered(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_ordered(v) for v in value]
+    return value
+
+
+def manifest_yaml(obj: dict[str, Any]) -> str:
+    """YAML as people write it: apiVersion, kind, metadata first; the rest in sorted order."""
+    head = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+    rest = {k: obj[k] for k in sorted(obj) if k not in head}
+    return yaml.safe_dump({**_ordered(head), **_ordered(rest)}, sort_keys=False)
+
+
+def _manifest_path(out: Path, obj: dict[str, Any]) -> Path:
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace") or "_cluster"
+    return out / "manifests" / namespace / f"{obj['kind']}-{meta.get('name', 'unnamed')}.yaml"
+
+
+def write_plan(plan: Plan, platform: str, out: Path) -> dict[str, Any]:
+    """Write resources.json, manifests/ and summary.json (and outputs.json) under `out`."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    records = [{k: v for k, v in r.items() if k != "manifest"} for r in plan.resources]
+    (out / "resources.json").write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
+    for obj in plan.kubernetes_objects:
+        path = _manifest_path(out, obj)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(manifest_yaml(obj))
+    (out / "outputs.json").write_text(json.dumps(plan.outputs, indent=2, sort_keys=True) + "\n")
+    summary = plan.summary(platform)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,52 @@
+"""Schema validation of a plan's Kubernetes objects against the stack's Kubernetes version.
+
+Uses kubernetes-validate's OpenAPI schemas in strict mode, so a misspelt field fails like an
+unknown field would on `kubectl apply --validate=strict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import kubernetes_validate
+
+from mlops.plan import Plan
+
+
+@dataclass
+class ValidationReport:
+    version: str
+    checked: int = 0
+    errors: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # custom resources without a core schema
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        lines = [f"Kubernetes {self.version}: {self.checked} object(s) schema-checked, "
+                 f"{len(self.errors)} error(s)"]
+        lines += [f"  ERROR {e}" for e in self.errors]
+        lines += [f"  not schema-checked (custom resource): {u}" for u in self.unchecked]
+        return "\n".join(lines)
+
+
+def _label(obj: dict) -> str:
+    meta = obj.get("metadata", {})
+    return f"{obj.get('kind')} {meta.get('namespace', '-')}/{meta.get('name')}"
+
+
+def validate_plan(plan: Plan, version: str) -> ValidationReport:
+    report = ValidationReport(version=version)
+    for obj in plan.kubernetes_objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+            report.checked += 1
+        except kubernetes_validate.SchemaNotFoundError:
+            report.unchecked.append(f"{obj.get('apiVersion')} {_label(obj)}")
+        except kubernetes_validate.ValidationError as error:
+            report.checked += 1
+            path = ".".join(str(p) for p in error.path) or "(root)"
+            report.errors.append(f"{_label(obj)}: {path}: {error.message}")
+    return report

@@ -1,0 +1,294 @@
+"""PostgreSQL inside the cluster, on the official `postgres` image (no Bitnami), with dumps to S3.
+
+One StatefulSet with a PVC is enough for MLflow's metadata on a laptop or a small on-prem cluster;
+the clouds use Cloud SQL / RDS instead (their platform modules). Backups are `pg_dump` per
+database, uploaded to the backups bucket by a CronJob and pruned after `retention_days`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from modules import kube
+from modules.platform.contract import Database, S3Credentials
+
+POSTGRES_UID = 999  # the `postgres` user of the official Debian-based image
+PORT = 5432
+
+
+@dataclass(frozen=True)
+class PostgresBackupArgs:
+    schedule: str
+    time_zone: str
+    retention_days: int
+    image: str
+    bucket: pulumi.Input[str]
+    endpoint_url: pulumi.Input[str]
+    credentials: S3Credentials
+
+
+@dataclass(frozen=True)
+class InClusterPostgresArgs:
+    namespace: pulumi.Input[str]
+    image: str
+    database: str
+    username: str
+    storage_gi: int
+    resources: dict[str, Any]
+    client_namespaces: Sequence[pulumi.Input[str]]
+    storage_class: str | None = None
+    extra_databases: Sequence[str] = ()
+    backup: PostgresBackupArgs | None = None
+    protect: bool = False
+
+
+_CREATE_EXTRA_DATABASES = """#!/bin/sh
+# Runs once, on an empty data directory (docker-entrypoint-initdb.d).
+set -eu
+for db in $EXTRA_DATABASES; do
+  psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\
+    -c "CREATE DATABASE \\"$db\\" OWNER \\"$POSTGRES_USER\\""
+done
+"""
+
+_BACKUP = """set -eu
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+for db in $DATABASES; do
+  pg_dump --format=custom --host="$PGHOST" --username="$PGUSER" --dbname="$db" --file="/backup/$db.dump"
+done
+echo "$stamp" > /backup/STAMP
+"""
+
+_UPLOAD = """set -eu
+stamp=$(cat /backup/STAMP)
+aws s3 cp /backup "s3://$BUCKET/postgres/$stamp/" --recursive --endpoint-url "$S3_ENDPOINT"
+cutoff=$(date -u -d "-$RETENTION_DAYS days" +%Y-%m-%dT%H%M%SZ)
+aws s3 ls "s3://$BUCKET/postgres/" --endpoint-url "$S3_ENDPOINT" | awk '/PRE/ {print $2}' | tr -d / |
+while read -r old; do
+  if [ "$old" \\< "$cutoff" ]; then
+    aws s3 rm "s3://$BUCKET/postgres/$old/" --recursive --endpoint-url "$S3_ENDPOINT"
+  fi
+done
+"""
+
+
+class InClusterPostgres(pulumi.ComponentResource):
+    """A single-instance PostgreSQL with generated credentials, a PVC and optional dumps to S3."""
+
+    database: Database
+
+    def __init__(self, name: str, args: InClusterPostgresArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:database:InClusterPostgres", name, None, opts)
+        stateful = kube.child(self, protect=args.protect)
+        password = random.RandomPassword(f"{name}-password", length=32, special=False, opts=stateful)
+        credentials = k8s.core.v1.Secret(
+            f"{name}-credentials",
+            metadata=kube.metadata("postgres-credentials", args.namespace, "database"),
+            type="Opaque",
+            string_data={"username": args.username, "password": password.result},
+            opts=stateful,
+        )
+        init = k8s.core.v1.ConfigMap(
+            f"{name}-init",
+            metadata=kube.metadata("postgres-init", args.namespace, "database"),
+            data={"10-extra-databases.sh": _CREATE_EXTRA_DATABASES},
+            opts=kube.child(self),
+        )
+        secret_name = credentials.metadata.name
+        statefulset = k8s.apps.v1.StatefulSet(
+            f"{name}-postgres",
+            metadata=kube.metadata("postgres", args.namespace, "database"),
+            spec={
+                "service_name": "postgres",
+                "replicas": 1,
+                "selector": {"match_labels": kube.selector("postgres")},
+                "template": {
+                    "metadata": {"labels": kube.labels("postgres", "database")},
+                    "spec": {
+                        "security_context": kube.pod_security(POSTGRES_UID),
+                        "automount_service_account_token": False,
+                        "containers": [self._container(args, secret_name)],
+                        "volumes": [
+                            {"name": "init", "config_map": {"name": init.metadata.name}},
+                            {"name": "run", "empty_dir": {}},
+                            {"name": "tmp", "empty_dir": {}},
+                        ],
+                    },
+                },
+                "volume_claim_templates": [
+                    {
+                        "metadata": {"name": "data"},
+                        "spec": {
+                            "access_modes": ["ReadWriteOnce"],
+                            "storage_class_name": args.storage_class,
+                            "resources": {"requests": {"storage": f"{args.storage_gi}Gi"}},
+                        },
+                    }
+                ],
+            },
+            opts=stateful,
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=kube.metadata("postgres", args.namespace, "database"),
+            spec={
+                "selector": kube.selector("postgres"),
+                "ports": [{"name": "postgres", "port": PORT, "target_port": "postgres"}],
+            },
+            opts=kube.child(self),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kube.metadata("postgres-ingress", args.namespace, "database"),
+            spec={
+                "pod_selector": {"match_labels": kube.selector("postgres")},
+                "policy_types": ["Ingress"],
+                "ingress": [
+                    {
+                        "from_": [{"pod_selector": {}}]
+                        + [
+                            {"namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": ns}}}
+                            for ns in args.client_namespaces
+                        ],
+                        "ports": [{"port": PORT, "protocol": "TCP"}],
+                    }
+                ],
+            },
+            opts=kube.child(self),
+        )
+        if args.backup is not None:
+            self._backup(name, args, args.backup, secret_name, depends_on=[statefulset])
+
+        host = pulumi.Output.concat(service.metadata.name, ".", args.namespace, ".svc.cluster.local")
+        self.database = Database(
+            host=host,
+            port=PORT,
+            name=args.database,
+            username=args.username,
+            password=pulumi.Output.secret(password.result),
+            extra_databases=tuple(args.extra_databases),
+        )
+        self.register_outputs({"host": host, "statefulset": statefulset.metadata.name})
+
+    @staticmethod
+    def _container(args: InClusterPostgresArgs, secret_name: pulumi.Input[str]) -> dict[str, Any]:
+        ready = ["pg_isready", "--host=127.0.0.1", f"--username={args.username}", f"--dbname={args.database}"]
+        return {
+            "name": "postgres",
+            "image": args.image,
+            "ports": [{"name": "postgres", "container_port": PORT}],
+            "env": [
+                kube.secret_env("POSTGRES_USER", secret_name, "username"),
+                kube.secret_env("POSTGRES_PASSWORD", secret_name, "password"),
+                *kube.env(
+                    {
+                        "POSTGRES_DB": args.database,
+                        "PGDATA": "/var/lib/postgresql/data/pgdata",
+                        "EXTRA_DATABASES": " ".join(args.extra_databases),
+                    }
+                ),
+            ],
+            "resources": args.resources,
+            "security_context": kube.CONTAINER_SECURITY,
+            "readiness_probe": kube.exec_probe(ready, period=10),
+            "liveness_probe": {**kube.exec_probe(ready, period=20, failures=6), "initial_delay_seconds": 30},
+            "volume_mounts": [
+                {"name": "data", "mount_path": "/var/lib/postgresql/data"},
+                {"name": "init", "mount_path": "/docker-entrypoint-initdb.d", "read_only": True},
+                {"name": "run", "mount_path": "/var/run/postgresql"},
+                {"name": "tmp", "mount_path": "/tmp"},
+            ],
+        }
+
+    def _backup(
+        self,
+        name: str,
+        args: InClusterPostgresArgs,
+        backup: PostgresBackupArgs,
+        secret_name: pulumi.Input[str],
+        depends_on: list[pulumi.Resource],
+    ) -> None:
+        s3 = k8s.core.v1.Secret(
+            f"{name}-backup-s3",
+            metadata=kube.metadata("postgres-backup-s3", args.namespace, "backup"),
+            type="Opaque",
+            string_data={
+                "AWS_ACCESS_KEY_ID": backup.credentials.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": backup.credentials.secret_access_key,
+            },
+            opts=kube.child(self),
+        )
+        s3_name = s3.metadata.name
+        databases = " ".join([args.database, *args.extra_databases])
+        scratch = [{"name": "backup", "mount_path": "/backup"}, {"name": "tmp", "mount_path": "/tmp"}]
+        dump = {
+            "name": "dump",
+            "image": args.image,
+            "command": ["sh", "-c", _BACKUP],
+            "env": [
+                kube.secret_env("PGUSER", secret_name, "username"),
+                kube.secret_env("PGPASSWORD", secret_name, "password"),
+                *kube.env({"PGHOST": "postgres", "DATABASES": databases}),
+            ],
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            "security_context": kube.CONTAINER_SECURITY,
+            "volume_mounts": scratch,
+        }
+        upload = {
+            "name": "upload",
+            "image": backup.image,
+            "command": ["sh", "-c", _UPLOAD],
+            "env": [
+                {"name": k, "value_from": {"secret_key_ref": {"name": s3_name, "key": k}}}
+                for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            ]
+            + kube.env(
+                {
+                    "BUCKET": backup.bucket,
+                    "S3_ENDPOINT": backup.endpoint_url,
+                    "RETENTION_DAYS": str(backup.retention_days),
+                    "HOME": "/tmp",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                }
+            ),
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+            "security_context": kube.CONTAINER_SECURITY,
+            "volume_mounts": scratch,
+        }
+        k8s.batch.v1.CronJob(
+            f"{name}-backup",
+            metadata=kube.metadata("postgres-backup", args.namespace, "backup"),
+            spec={
+                "schedule": backup.schedule,
+                "time_zone": backup.time_zone,
+                "concurrency_policy": "Forbid",
+                "successful_jobs_history_limit": 3,
+                "failed_jobs_history_limit": 3,
+                "job_template": {
+                    "spec": {
+                        "backoff_limit": 2,
+                        "template": {
+                            "metadata": {"labels": kube.labels("postgres-backup", "backup")},
+                            "spec": {
+                                "restart_policy": "OnFailure",
+                                "automount_service_account_token": False,
+                                "security_context": kube.pod_security(POSTGRES_UID),
+                                "init_containers": [dump],
+                                "containers": [upload],
+                                "volumes": [
+                                    {"name": "backup", "empty_dir": {}},
+                                    {"name": "tmp", "empty_dir": {}},
+                                ],
+                            },
+                        },
+                    }
+                },
+            },
+            opts=kube.child(self, depends_on=depends_on),
+        )

@@ -1,0 +1,250 @@
+"""SeaweedFS as the in-cluster S3 API (MinIO's community edition is unmaintained; see ADR 0001).
+
+`weed server -s3` runs master, volume server, filer and S3 gateway in one pod: small enough for a
+laptop, and the same image scales out to separate components later. Each client gets its own
+generated key pair limited to its buckets; a Job creates the buckets before anyone uses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from modules import kube
+from modules.platform.contract import S3Credentials
+
+UID = 1000
+S3_PORT = 8333
+PORTS = {"s3": S3_PORT, "master": 9333, "master-grpc": 19333, "filer": 8888, "filer-grpc": 18888,
+         "volume": 8080, "volume-grpc": 18080, "metrics": 9327}
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """One client's key pair and the buckets it may use (read-only unless `write`)."""
+
+    name: str
+    buckets: Sequence[str]
+    write: bool = True
+
+
+@dataclass(frozen=True)
+class SeaweedFsArgs:
+    namespace: pulumi.Input[str]
+    image: str
+    storage_gi: int
+    resources: dict[str, Any]
+    buckets: Sequence[str]
+    identities: Sequence[S3Identity]
+    client_namespaces: Sequence[pulumi.Input[str]]
+    storage_class: str | None = None
+    protect: bool = False
+
+
+def _actions(identity: S3Identity) -> list[str]:
+    verbs = ["Read", "List", "Tagging"] + (["Write"] if identity.write else [])
+    return [f"{verb}:{bucket}" for bucket in identity.buckets for verb in verbs]
+
+
+def _layout_hash(identities: Sequence[S3Identity]) -> str:
+    """Changes when an identity or its grants change; never derived from key material."""
+    layout = json.dumps([[i.name, sorted(i.buckets), i.write] for i in identities], sort_keys=True)
+    return hashlib.sha256(layout.encode()).hexdigest()[:16]
+
+
+def _bucket_script(buckets: Sequence[str]) -> str:
+    """Idempotent: creates missing buckets, one volume per growth step (small disks)."""
+    lines = [
+        "set -eu",
+        'until existing=$(echo "s3.bucket.list" | weed shell -master="$MASTER" 2>&1); do sleep 2; done',
+    ]
+    for bucket in buckets:
+        lines.append(
+            f'echo "$existing" | grep -qw "{bucket}" || '
+            f'echo "s3.bucket.create -name {bucket}" | weed shell -master="$MASTER"'
+        )
+    lines.append(
+        'echo "fs.configure -locationPrefix=/buckets/ -volumeGrowthCount=1 -apply" '
+        '| weed shell -master="$MASTER"'
+    )
+    return "\n".join(lines) + "\n"
+
+
+class SeaweedFs(pulumi.ComponentResource):
+    """An S3 endpoint at `endpoint_url` with buckets and one credential per identity."""
+
+    endpoint_url: pulumi.Output[str]
+    credentials: dict[str, S3Credentials]
+
+    def __init__(self, name: str, args: SeaweedFsArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:objectstore:SeaweedFs", name, None, opts)
+        stateful = kube.child(self, protect=args.protect)
+        self.credentials = {}
+        identities = []
+        for identity in args.identities:
+            key_id = random.RandomString(f"{name}-{identity.name}-key-id", length=20, special=False, upper=True, lower=False, opts=stateful)
+            secret = random.RandomPassword(f"{name}-{identity.name}-secret-key", length=40, special=False, opts=stateful)
+            self.credentials[identity.name] = S3Credentials(
+                access_key_id=key_id.result, secret_access_key=pulumi.Output.secret(secret.result)
+            )
+            identities.append(
+                pulumi.Output.all(key_id.result, secret.result).apply(
+                    lambda keys, i=identity: {
+                        "name": i.name,
+                        "credentials": [{"accessKey": keys[0], "secretKey": keys[1]}],
+                        "actions": _actions(i),
+                    }
+                )
+            )
+        s3_config = k8s.core.v1.Secret(
+            f"{name}-s3-config",
+            metadata=kube.metadata("seaweedfs-s3-config", args.namespace, "objectstore"),
+            type="Opaque",
+            string_data={
+                "config.json": pulumi.Output.secret(
+                    pulumi.Output.all(*identities).apply(lambda ids: json.dumps({"identities": ids}))
+                )
+            },
+            opts=kube.child(self),
+        )
+        volume_limit_mb = max(64, args.storage_gi * 1024 // 16)
+        statefulset = k8s.apps.v1.StatefulSet(
+            f"{name}-seaweedfs",
+            metadata=kube.metadata("seaweedfs", args.namespace, "objectstore"),
+            spec={
+                "service_name": "seaweedfs",
+                "replicas": 1,
+                "selector": {"match_labels": kube.selector("seaweedfs")},
+                "template": {
+                    "metadata": {
+                        "labels": kube.labels("seaweedfs", "objectstore"),
+                        # restart when identities change: the S3 gateway reads its config at start
+                        "annotations": {"mlops-stack/s3-identities": _layout_hash(args.identities)},
+                    },
+                    "spec": {
+                        "security_context": kube.pod_security(UID),
+                        "automount_service_account_token": False,
+                        "containers": [
+                            {
+                                "name": "seaweedfs",
+                                "image": args.image,
+                                "args": [
+                                    "server",
+                                    "-dir=/data",
+                                    "-ip.bind=0.0.0.0",
+                                    "-s3",
+                                    f"-s3.port={S3_PORT}",
+                                    "-s3.config=/etc/seaweedfs/config.json",
+                                    f"-master.volumeSizeLimitMB={volume_limit_mb}",
+                                    "-master.volumePreallocate=false",
+                                    "-volume.max=0",
+                                    f"-metricsPort={PORTS['metrics']}",
+                                ],
+                                "ports": [{"name": n, "container_port": p} for n, p in PORTS.items()],
+                                "resources": args.resources,
+                                "security_context": kube.CONTAINER_SECURITY,
+                                "readiness_probe": {"tcp_socket": {"port": "s3"}, "period_seconds": 10},
+                                "liveness_probe": {
+                                    "tcp_socket": {"port": "master"},
+                                    "period_seconds": 20,
+                                    "failure_threshold": 6,
+                                    "initial_delay_seconds": 20,
+                                },
+                                "volume_mounts": [
+                                    {"name": "data", "mount_path": "/data"},
+                                    {"name": "s3-config", "mount_path": "/etc/seaweedfs", "read_only": True},
+                                    {"name": "tmp", "mount_path": "/tmp"},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "s3-config", "secret": {"secret_name": s3_config.metadata.name}},
+                            {"name": "tmp", "empty_dir": {}},
+                        ],
+                    },
+                },
+                "volume_claim_templates": [
+                    {
+                        "metadata": {"name": "data"},
+                        "spec": {
+                            "access_modes": ["ReadWriteOnce"],
+                            "storage_class_name": args.storage_class,
+                            "resources": {"requests": {"storage": f"{args.storage_gi}Gi"}},
+                        },
+                    }
+                ],
+            },
+            opts=stateful,
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=kube.metadata("seaweedfs", args.namespace, "objectstore"),
+            spec={
+                "selector": kube.selector("seaweedfs"),
+                "ports": [{"name": n, "port": p, "target_port": n} for n, p in PORTS.items()],
+            },
+            opts=kube.child(self),
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kube.metadata("seaweedfs-ingress", args.namespace, "objectstore"),
+            spec={
+                "pod_selector": {"match_labels": kube.selector("seaweedfs")},
+                "policy_types": ["Ingress"],
+                "ingress": [
+                    {"from_": [{"pod_selector": {}}]},  # same namespace: all ports (bucket Job, backups)
+                    {
+                        "from_": [
+                            {"namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": ns}}}
+                            for ns in args.client_namespaces
+                        ],
+                        "ports": [{"port": S3_PORT, "protocol": "TCP"}],
+                    },
+                ],
+            },
+            opts=kube.child(self),
+        )
+        self.buckets_job = k8s.batch.v1.Job(
+            f"{name}-buckets",
+            metadata=kube.metadata("seaweedfs-buckets", args.namespace, "objectstore"),
+            spec={
+                "backoff_limit": 6,
+                "template": {
+                    "metadata": {"labels": kube.labels("seaweedfs-buckets", "objectstore")},
+                    "spec": {
+                        "restart_policy": "OnFailure",
+                        "automount_service_account_token": False,
+                        "security_context": kube.pod_security(UID),
+                        "containers": [
+                            {
+                                "name": "buckets",
+                                "image": args.image,
+                                "command": ["sh", "-c", _bucket_script(args.buckets)],
+                                "env": kube.env(
+                                    {
+                                        "MASTER": pulumi.Output.concat(service.metadata.name, f":{PORTS['master']}"),
+                                        "HOME": "/tmp",
+                                    }
+                                ),
+                                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                                "security_context": kube.CONTAINER_SECURITY,
+                                "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
+                            }
+                        ],
+                        "volumes": [{"name": "tmp", "empty_dir": {}}],
+                    },
+                },
+            },
+            opts=kube.child(self, depends_on=[statefulset]),
+        )
+        self.endpoint_url = pulumi.Output.concat(
+            "http://", service.metadata.name, ".", args.namespace, f".svc.cluster.local:{S3_PORT}"
+        )
+        self.register_outputs({"endpoint_url": self.endpoint_url})

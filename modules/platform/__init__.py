@@ -1,0 +1,1 @@
+"""Platform targets behind one contract (`contract.Platform`)."""

@@ -1,0 +1,95 @@
+"""What a platform target hands to everything above it — the only platform-specific surface.
+
+MLflow, serving, monitoring and the workloads are written once against these types; a target
+(minikube/existing cluster, GKE, EKS) differs only in how it produces them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """How to reach the cluster: every Kubernetes object is created with this provider."""
+
+    provider: k8s.Provider
+    name: pulumi.Input[str]
+    storage_class: str | None
+    kubeconfig: pulumi.Output[str] | None = None  # secret; only for clusters the stack creates
+
+
+@dataclass(frozen=True)
+class Database:
+    """A PostgreSQL database and the credentials of its owner (password is a Pulumi secret)."""
+
+    host: pulumi.Input[str]
+    port: int
+    name: str
+    username: pulumi.Input[str]
+    password: pulumi.Input[str]
+    sslmode: Literal["disable", "require", "verify-full"] = "disable"
+    extra_databases: Sequence[str] = ()  # created beside `name`, same owner (e.g. MLflow auth)
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Static keys, used only for the in-cluster store; cloud stores use workload identity."""
+
+    access_key_id: pulumi.Input[str]
+    secret_access_key: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Buckets by purpose (`artifacts`, `datasets`, `backups`) and how clients reach them."""
+
+    scheme: Literal["s3", "gs"]
+    buckets: Mapping[str, pulumi.Input[str]]
+    endpoint_url: pulumi.Input[str] | None = None  # None: the cloud's own endpoint
+    region: str = "us-east-1"
+    credentials: Mapping[str, S3Credentials] = field(default_factory=dict)  # by client name
+    ready: pulumi.Resource | None = None  # buckets exist once this resource is ready
+
+    def url(self, purpose: str) -> pulumi.Output[str]:
+        return pulumi.Output.concat(f"{self.scheme}://", self.buckets[purpose])
+
+
+@dataclass(frozen=True)
+class BucketAccess:
+    """A client (one Kubernetes service account) and the buckets it may read/write."""
+
+    client: str
+    namespace: pulumi.Input[str]
+    service_account: str
+    buckets: Sequence[str]
+    write: bool = True
+
+
+class Platform(abc.ABC):
+    """A target. `infra/` picks one; nothing else knows which one it is."""
+
+    @abc.abstractmethod
+    def cluster(self) -> Cluster:
+        """Create (or connect to) the cluster."""
+
+    @abc.abstractmethod
+    def data_services(
+        self, cluster: Cluster, namespace: pulumi.Output[str], clients: Sequence[BucketAccess]
+    ) -> tuple[Database, ObjectStore]:
+        """PostgreSQL and object storage, with access for `clients` and nobody else."""
+
+    @abc.abstractmethod
+    def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
+        """Annotations for the client's Kubernetes service account (workload identity); {} if none."""
+
+    @property
+    def registry_url(self) -> pulumi.Input[str] | None:
+        """Where CI pushes model images; None where images are loaded into the cluster directly."""
+        return None
