@@ -54,13 +54,28 @@ def _postgres_uri(db: Database, database: str) -> pulumi.Output[str]:
     )
 
 
-def _auth_ini(db: Database, default_permission: str) -> pulumi.Output[str]:
-    return _postgres_uri(db, AUTH_DATABASE).apply(
-        lambda uri: "[mlflow]\n"
+def auth_ini(database_uri: str, default_permission: str) -> str:
+    """The basic-auth app's config; the admin user comes from MLFLOW_AUTH_ADMIN_* env vars."""
+    return (
+        "[mlflow]\n"
         f"default_permission = {default_permission}\n"
-        f"database_uri = {uri}\n"
+        f"database_uri = {database_uri}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
+
+
+def server_command(workers: int, host: str = "0.0.0.0", port: int = PORT,
+                   metrics_dir: str = "/tmp/prometheus") -> list[str]:
+    """The server's command line; the integration tests start exactly this against real services."""
+    return [
+        "mlflow", "server",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+        "--serve-artifacts",
+        "--app-name", "basic-auth",
+        "--expose-prometheus", metrics_dir,
+    ]
 
 
 def allowed_hosts(service: str, namespace: str) -> str:
@@ -85,7 +100,9 @@ class Mlflow(pulumi.ComponentResource):
         creds = args.artifacts.credentials.get(args.client)
         secret_data: dict[str, pulumi.Input[str]] = {
             "backend-store-uri": _postgres_uri(args.database, args.database.name),
-            "auth.ini": _auth_ini(args.database, args.default_permission),
+            "auth.ini": _postgres_uri(args.database, AUTH_DATABASE).apply(
+                lambda uri: auth_ini(uri, args.default_permission)
+            ),
             "admin-password": args.admin_password,
             "flask-secret-key": flask_key.result,
         }
@@ -203,15 +220,6 @@ class Mlflow(pulumi.ComponentResource):
     @staticmethod
     def _pod(args: MlflowArgs, account: pulumi.Input[str], secret: pulumi.Input[str],
              env: list[dict[str, Any]]) -> dict[str, Any]:
-        command = [
-            "mlflow", "server",
-            "--host", "0.0.0.0",
-            "--port", str(PORT),
-            "--workers", str(args.workers),
-            "--serve-artifacts",
-            "--app-name", "basic-auth",
-            "--expose-prometheus", "/tmp/prometheus",
-        ]
         pod: dict[str, Any] = {
             "service_account_name": account,
             "security_context": kube.pod_security(UID),
@@ -219,7 +227,7 @@ class Mlflow(pulumi.ComponentResource):
                 {
                     "name": "mlflow",
                     "image": args.image,
-                    "command": command,
+                    "command": server_command(args.workers),
                     "args": ["--artifacts-destination", args.artifacts.url("artifacts")],
                     "ports": [{"name": "http", "container_port": PORT}],
                     "env": env,

@@ -1,0 +1,155 @@
+"""Real local services for integration tests: PostgreSQL, an S3 API (moto), an MLflow server.
+
+They are started the way the platform runs them (same MLflow command line and auth config, from
+`modules.mlflow`), on loopback ports, and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from modules.mlflow import auth_ini, server_command
+from tests.tools import require_tool
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {process.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+    user: str
+    password: str
+
+    def uri(self, database: str) -> str:
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+
+
+@contextmanager
+def postgres(databases: tuple[str, ...], user: str = "mlflow", password: str = "test-password") -> Iterator[Postgres]:
+    """A throwaway PostgreSQL server (initdb + pg_ctl) with `databases` owned by `user`."""
+    initdb = require_tool("initdb", "PostgreSQL server binaries")
+    pg_ctl = require_tool("pg_ctl", "PostgreSQL server binaries")
+    psql = require_tool("psql", "PostgreSQL client")
+    root = Path(tempfile.mkdtemp(prefix="mlops-pg-"))
+    # initdb refuses to run as root: run the server as the `postgres` account when we are root
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_postgres, initdb, "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256"], check=True, capture_output=True)
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root}"
+    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        statements = [f"CREATE ROLE {user} LOGIN PASSWORD '{password}'"]
+        statements += [f"CREATE DATABASE {db} OWNER {user}" for db in databases]
+        for statement in statements:
+            subprocess.run([*as_postgres, psql, "-h", str(root), "-p", str(port), "-U", "postgres",
+                            "-v", "ON_ERROR_STOP=1", "-c", statement], check=True, capture_output=True)
+        yield Postgres("127.0.0.1", port, user, password)
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def s3_api(buckets: tuple[str, ...]) -> Iterator[str]:
+    """moto's S3 server on a loopback port, with `buckets` created; yields the endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        for bucket in buckets:
+            s3.create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    username: str
+    password: str
+    log: Path
+
+
+@contextmanager
+def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
+                  database: str = "mlruns", auth_database: str = "mlflow_auth") -> Iterator[MlflowServer]:
+    """`mlflow db upgrade`, then the platform's exact server command, against real services."""
+    work = Path(tempfile.mkdtemp(prefix="mlops-mlflow-"))
+    (work / "auth.ini").write_text(auth_ini(db.uri(auth_database), "READ"))
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_BACKEND_STORE_URI": db.uri(database),
+        "MLFLOW_AUTH_CONFIG_PATH": str(work / "auth.ini"),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "integration-admin-pw",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "integration-secret-key",
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    subprocess.run(["mlflow", "db", "upgrade", db.uri(database)], env=env, check=True, capture_output=True)
+    port = free_port()
+    command = server_command(workers=1, host="127.0.0.1", port=port, metrics_dir=str(work / "metrics"))
+    log = work / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*command, "--artifacts-destination", f"s3://{artifacts_bucket}"],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=90, process=process)
+        yield MlflowServer(url, "admin", "integration-admin-pw", log)
+    except Exception:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(work, ignore_errors=True)
