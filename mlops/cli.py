@@ -14,12 +14,12 @@ from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_conf
 from mlops.paths import ROOT, stack_names
 
 
-def _load(stack: str):
+def _load(stack: str, stacks_dir: str | None):
     """(config, plan) for a stack, or exit 2 with the config problems."""
     from mlops.plan import run_program, stack_config
 
     try:
-        values, secret_keys = stack_config(stack)
+        values, secret_keys = stack_config(stack, Path(stacks_dir) if stacks_dir else None)
         raw, secret_top = raw_from_pulumi_config(values, secret_keys)
         config = parse_stack_config(raw, secret_top)
         return config, run_program(stack, (values, secret_keys))
@@ -32,7 +32,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mlops.plan import write_plan
 
     started = time.perf_counter()
-    config, plan = _load(args.stack)
+    config, plan = _load(args.stack, args.stacks_dir)
     out = Path(args.out) if args.out else ROOT / "build" / "plan" / args.stack
     summary = write_plan(plan, config.platform, out)
     print(json.dumps(summary, indent=2))
@@ -43,7 +43,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from mlops.validate import validate_plan
 
-    config, plan = _load(args.stack)
+    config, plan = _load(args.stack, args.stacks_dir)
     print(f"config of {args.stack!r}: valid ({config.platform}, {config.environment})")
     report = validate_plan(plan, config.kubernetes.version)
     print(report.render())
@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = commands.add_parser("plan", help="run the program offline and write its plan")
     plan.add_argument("--stack", required=True, help=f"one of: {stacks}")
     plan.add_argument("--out", help="output directory (default: build/plan/<stack>)")
+    plan.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
     plan.set_defaults(run=cmd_plan)
 
     validate = commands.add_parser("validate", help="check config and every manifest against the schema")
     validate.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    validate.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
     validate.set_defaults(run=cmd_validate)
 
     args = parser.parse_args(argv)

@@ -61,19 +61,24 @@ class Plan:
         }
 
 
-def _redact(value: Any) -> Any:
-    """Plain JSON from the wire format: secrets → "[secret]", resource references → URN."""
+def _redact(value: Any, reveal: bool = False) -> Any:
+    """Plain JSON from the wire format: secrets → "[secret]", resource references → URN.
+
+    `reveal` keeps secret values: only tests use it, to check wiring through secrets.
+    """
     if isinstance(value, dict):
         sig = value.get(rpc._special_sig_key)
         if sig == rpc._special_secret_sig:
             secret = value.get("value")
+            if reveal:
+                return _redact(secret, reveal)
             # keep the shape (key names are not secret) so manifests stay schema-valid
             return {k: SECRET for k in secret} if isinstance(secret, dict) else SECRET
         if sig == rpc._special_resource_sig:
             return value.get("urn")
-        return {k: _redact(v) for k, v in value.items()}
+        return {k: _redact(v, reveal) for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact(v) for v in value]
+        return [_redact(v, reveal) for v in value]
     if value == rpc.UNKNOWN:
         return "[unknown]"
     if isinstance(value, float) and value.is_integer():
@@ -93,15 +98,16 @@ def _manifest(type_token: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
 class _Recorder(mocks.MockMonitor):
     """The mock monitor, keeping what each registration carried."""
 
-    def __init__(self, plan_mocks: mocks.Mocks, plan: Plan):
+    def __init__(self, plan_mocks: mocks.Mocks, plan: Plan, reveal_secrets: bool):
         super().__init__(plan_mocks)
         self.plan = plan
+        self.reveal_secrets = reveal_secrets
 
     def RegisterResource(self, request):  # noqa: N802 (gRPC name)
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
             return response
-        inputs = _redact(json_format.MessageToDict(request.object))
+        inputs = _redact(json_format.MessageToDict(request.object), self.reveal_secrets)
         self.plan.resources.append({
             "type": request.type,
             "name": request.name,
@@ -130,12 +136,12 @@ class _Mocks(mocks.Mocks):
         return {}
 
 
-def stack_config(stack: str) -> tuple[dict[str, str], list[str]]:
+def stack_config(stack: str, stacks_dir: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """The stack file's config as the engine hands it to a program: namespaced keys, JSON values.
 
     `secure:` values cannot be decrypted offline; they become a placeholder marked secret.
     """
-    path = stack_file(stack)
+    path = stack_file(stack, stacks_dir)
     document = yaml.safe_load(path.read_text()) or {}
     values: dict[str, str] = {}
     secret_keys: list[str] = []
@@ -173,15 +179,19 @@ async def _resolve_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = None) -> Plan:
-    """Run infra/ under mocks for `stack` (or for explicit config values) and return its plan."""
+def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = None,
+                reveal_secrets: bool = False, plan: Plan | None = None) -> Plan:
+    """Run infra/ under mocks for `stack` (or for explicit config values) and return its plan.
+
+    Registrations are recorded into `plan` (a new one by default) even if the program fails.
+    """
     values, secret_keys = config if config is not None else stack_config(stack)
-    plan = Plan(stack=stack)
+    plan = plan if plan is not None else Plan(stack=stack)
     plan_mocks = _Mocks()
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(values, secret_keys)
     pulumi.runtime.set_mocks(plan_mocks, project=PROJECT, stack=stack, preview=False,
-                             monitor=_Recorder(plan_mocks, plan))
+                             monitor=_Recorder(plan_mocks, plan, reveal_secrets))
     _sync_await(mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM / "__main__.py"), run_name="__main__")))
     plan.resources.sort(key=lambda r: r["urn"])  # registration order is not guaranteed; URNs are
     root = settings.get_root_resource()

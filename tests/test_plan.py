@@ -1,0 +1,160 @@
+"""Every shipped stack plans offline, validates against the Kubernetes schema, and is wired right."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from infra.settings import parse_stack_config, raw_from_pulumi_config
+from mlops.paths import stack_names
+from mlops.plan import SECRET, run_program, stack_config, write_plan
+from mlops.validate import validate_plan
+
+STACKS = stack_names()
+IN_CLUSTER = [s for s in STACKS if s in ("dev", "onprem")]
+
+
+def config_of(stack: str):
+    return parse_stack_config(*raw_from_pulumi_config(*stack_config(stack)))
+
+
+def env_of(container: dict) -> dict:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_plans_and_validates(stack, plan_of):
+    plan = plan_of(stack)
+    report = validate_plan(plan, config_of(stack).kubernetes.version)
+    assert report.ok, report.render()
+    assert report.checked == len(plan.kubernetes_objects) - len(report.unchecked) > 0
+
+
+def test_plan_files_have_the_documented_shape(plan_of, tmp_path):
+    summary = write_plan(plan_of("dev"), "minikube", tmp_path)
+    resources = json.loads((tmp_path / "resources.json").read_text())
+    assert {"type", "name", "parent", "provider", "depends_on", "inputs"} <= set(resources[0])
+    assert set(summary) >= {"stack", "platform", "resources", "kubernetes_objects", "requests"}
+    assert summary["resources"] == len(resources)
+    assert set(summary["requests"]) == {"cpu_m", "memory_mib"}
+    assert (tmp_path / "manifests" / "mlflow" / "Deployment-mlflow.yaml").is_file()
+    assert (tmp_path / "manifests" / "_cluster" / "Namespace-mlflow.yaml").is_file()
+    assert len(list((tmp_path / "manifests").rglob("*.yaml"))) == summary["kubernetes_objects"]
+
+
+def test_plan_is_deterministic(tmp_path):
+    first = write_plan(run_program("dev"), "minikube", tmp_path / "a")
+    second = write_plan(run_program("dev"), "minikube", tmp_path / "b")
+    assert first == second
+    assert (tmp_path / "a" / "resources.json").read_text() == (tmp_path / "b" / "resources.json").read_text()
+
+
+@pytest.mark.parametrize("stack", IN_CLUSTER)
+def test_mlflow_uses_the_platform_database_and_artifact_bucket(stack):
+    plan = run_program(stack, reveal_secrets=True)
+    config = config_of(stack)
+    platform_ns, mlflow_ns = config.namespaces.platform, config.namespaces.mlflow
+    secret = plan.manifest("Secret", "mlflow-server", mlflow_ns)["stringData"]
+    uri = secret["backend-store-uri"]
+    assert re.fullmatch(
+        rf"postgresql\+psycopg2://mlflow:[A-Za-z0-9]+@postgres\.{platform_ns}\.svc\.cluster\.local:5432/mlruns\?sslmode=disable",
+        uri,
+    ), uri
+    assert f"@postgres.{platform_ns}.svc.cluster.local:5432/mlflow_auth" in secret["auth.ini"]
+    # the auth database is created next to the tracking database
+    postgres = plan.manifest("StatefulSet", "postgres", platform_ns)["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(postgres)["EXTRA_DATABASES"]["value"] == "mlflow_auth"
+    assert env_of(postgres)["POSTGRES_DB"]["value"] == "mlruns"
+
+    server = plan.manifest("Deployment", "mlflow", mlflow_ns)["spec"]["template"]["spec"]["containers"][0]
+    assert server["args"] == ["--artifacts-destination", f"s3://{config.object_store.buckets.artifacts}"]
+    assert "--serve-artifacts" in server["command"] and "basic-auth" in server["command"]
+    env = env_of(server)
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == f"http://seaweedfs.{platform_ns}.svc.cluster.local:8333"
+    # the key pair MLflow uses is the one the object store grants on the artifact bucket
+    store_config = json.loads(plan.manifest("Secret", "seaweedfs-s3-config", platform_ns)["stringData"]["config.json"])
+    mlflow_identity = next(i for i in store_config["identities"] if i["name"] == "mlflow")
+    assert mlflow_identity["credentials"][0]["accessKey"] == secret["aws-access-key-id"]
+    assert f"Write:{config.object_store.buckets.artifacts}" in mlflow_identity["actions"]
+    assert not any(a.endswith(f":{config.object_store.buckets.backups}") for a in mlflow_identity["actions"])
+
+
+@pytest.mark.parametrize("stack", IN_CLUSTER)
+def test_credentials_are_secrets_and_never_plain_env(stack, plan_of):
+    plan = plan_of(stack)
+    for resource in plan.of_type("kubernetes:core/v1:Secret"):
+        values = resource["inputs"].get("stringData", {})
+        assert values and all(v == SECRET for v in values.values()), resource["name"]
+    sensitive = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|STORE_URI")
+    for obj in plan.kubernetes_objects:
+        text = json.dumps(obj)
+        assert "postgresql+psycopg2://" not in text, obj["metadata"]["name"]
+        for match in re.finditer(r'\{"name": "([A-Z_]+)", "value": ', text):
+            assert not sensitive.search(match.group(1)), f"{obj['kind']}/{obj['metadata']['name']}: {match.group(1)}"
+    assert plan.outputs["mlflowAdminPassword"] == SECRET
+
+
+def _stateful(plan):
+    """Data and the credentials data is locked with: losing either loses the data."""
+    return [
+        r for r in plan.resources
+        if r["type"].endswith(":StatefulSet") or r["name"] in ("database-password", "database-credentials",
+                                                               "mlflow-admin-password")
+        or (r["name"].startswith("objectstore-") and r["type"].startswith("random:"))
+    ]
+
+
+def test_stateful_resources_are_protected_outside_dev(plan_of):
+    assert not any(r["protect"] for r in plan_of("dev").resources)
+    stateful = _stateful(plan_of("onprem"))
+    assert len(stateful) >= 7
+    assert [r["name"] for r in stateful if not r["protect"]] == []
+
+
+def test_onprem_has_production_settings(plan_of):
+    plan = plan_of("onprem")
+    assert plan.manifest("Deployment", "mlflow")["spec"]["replicas"] == 2
+    assert plan.manifest("PodDisruptionBudget", "mlflow")["spec"]["minAvailable"] == 1
+    cron = plan.manifest("CronJob", "postgres-backup")["spec"]
+    assert cron["schedule"] == "30 1 * * *" and cron["timeZone"] == "Europe/Madrid"
+    upload = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(upload)["BUCKET"]["value"] == "backups"
+
+
+def test_dev_has_no_backup_and_one_replica(plan_of):
+    plan = plan_of("dev")
+    assert plan.manifest("Deployment", "mlflow")["spec"]["replicas"] == 1
+    assert not [o for o in plan.kubernetes_objects if o["kind"] == "CronJob"]
+
+
+@pytest.mark.parametrize("stack", IN_CLUSTER)
+def test_pods_are_non_root_with_requests_and_limits(stack, plan_of):
+    for obj in plan_of(stack).kubernetes_objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Job", "CronJob"):
+            continue
+        spec = obj["spec"]
+        pod = (spec["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else spec)["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+        for container in pod["containers"] + pod.get("initContainers", []):
+            resources = container["resources"]
+            assert resources["requests"]["cpu"] and resources["requests"]["memory"], container["name"]
+            assert resources["limits"]["memory"], container["name"]
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert ":" in container["image"] and not container["image"].endswith(":latest")
+
+
+def test_mlflow_has_probes_and_a_port_forward_output(plan_of):
+    plan = plan_of("dev")
+    server = plan.manifest("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert plan.manifest("Service", "mlflow")["spec"]["type"] == "ClusterIP"
+    assert plan.outputs["mlflowPortForward"] == "kubectl -n mlflow port-forward svc/mlflow 5000:5000"
+    assert plan.outputs["mlflowUrl"] == "http://mlflow.mlflow.svc.cluster.local:5000"
+
+
+def test_dev_stack_fits_a_default_minikube(plan_of):
+    requests = plan_of("dev").summary("minikube")["requests"]
+    assert requests["cpu_m"] <= 2000 and requests["memory_mib"] <= 4096, requests
