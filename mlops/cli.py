@@ -50,6 +50,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from mlops.readme import update
+    from mlops.reference import config_reference
+
+    table = config_reference()
+    if args.write_readme:
+        update("config-reference", table)
+    else:
+        print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--stack", required=True, help=f"one of: {stacks}")
     validate.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
     validate.set_defaults(run=cmd_validate)
+
+    reference = commands.add_parser("config-reference", help="print the config key reference (Markdown)")
+    reference.add_argument("--write-readme", action="store_true", help="update the table in README.md")
+    reference.set_defaults(run=cmd_config_reference)
 
     args = parser.parse_args(argv)
     return args.run(args)
