@@ -156,6 +156,7 @@ class DatabaseConfig(Model):
     storage_gi: int = Field(ge=1, le=16384)
     resources: Resources
     backup: Backup
+    exporter_image: Image = Field(description="postgres_exporter sidecar (in-cluster database metrics)")
 
     @field_validator("name", "username")
     @classmethod
@@ -199,6 +200,118 @@ class MlflowConfig(Model):
     default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = "READ"
 
 
+class TlsConfig(Model):
+    enabled: bool = Field(description="HTTPS on the gateway via cert-manager; default: not dev")
+    issuer: Literal["selfsigned", "letsencrypt"] = Field(
+        default="selfsigned", description="letsencrypt needs public DNS for gateway.domain and tls.email")
+    email: str | None = Field(default=None, description="ACME account e-mail (letsencrypt)")
+    cert_manager_version: str = Field(description="cert-manager Helm chart version")
+
+
+class GatewayConfig(Model):
+    """Istio ingress gateway: one entry point for models, MLflow and Grafana."""
+
+    istio_version: str = Field(description="Istio Helm charts version (base, istiod, gateway)")
+    domain: str = Field(description="hosts are mlflow.<domain>, grafana.<domain>; models under /seldon/ on any host")
+    service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
+        description="Service type of the ingress gateway (minikube: `minikube tunnel` serves LoadBalancer)")
+    replicas: int = Field(ge=1, le=10)
+    istiod_resources: Resources
+    gateway_resources: Resources
+    tls: TlsConfig
+
+
+class SeldonConfig(Model):
+    version: str = Field(description="seldon-core-operator chart version; 1.17.1 is the last Apache-2.0 release")
+    mlserver_image_version: str = Field(description="seldonio/mlserver tag for MLflow models (V2 protocol)")
+    manager_resources: Resources
+    executor_resources: Resources
+
+
+class ModelSourceConfig(Model):
+    """Exactly one of: `uri` (a registry version's artifacts, served by a prepackaged runtime) or
+    `image` (a custom model server image)."""
+
+    uri: str | None = Field(default=None, description="s3://, gs:// or https:// artifact URI of a model version")
+    runtime: Literal["mlflow", "sklearn"] = "mlflow"
+    image: Image | None = None
+    protocol: Literal["seldon", "v2"] = Field(default="seldon", description="protocol of a custom image")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSourceConfig:
+        if (self.uri is None) == (self.image is None):
+            raise ValueError("exactly one of uri (registry model) or image (custom server) is allowed")
+        if self.uri is not None and not self.uri.startswith(("s3://", "gs://", "https://")):
+            raise ValueError(f"uri {self.uri!r}: an s3://, gs:// or https:// URI is allowed "
+                             "(resolve models:/name@alias to its artifact URI first)")
+        return self
+
+
+class ModelAutoscalingConfig(Model):
+    min_replicas: int = Field(ge=1, le=100)
+    max_replicas: int = Field(ge=1, le=100)
+    target_cpu_percent: int = Field(default=70, ge=10, le=100)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ModelAutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"minReplicas {self.min_replicas} is above maxReplicas {self.max_replicas}")
+        return self
+
+
+class ServedModelConfig(Model):
+    source: ModelSourceConfig
+    replicas: int = Field(default=1, ge=1, le=100)
+    resources: Resources = Resources(cpu="100m", memory="256Mi", memory_limit="1Gi")
+    autoscaling: ModelAutoscalingConfig | None = None
+    candidate: ModelSourceConfig | None = Field(default=None, description="shadow or canary version")
+    candidate_mode: Literal["shadow", "canary"] = "shadow"
+    canary_percent: int = Field(default=10, ge=1, le=99)
+
+
+class ServingConfig(Model):
+    engine: Literal["seldon"] = Field(description="serving engine behind modules/serving/contract.py")
+    seldon: SeldonConfig
+    models: dict[str, ServedModelConfig] = Field(
+        default_factory=dict, description="models to serve, by name (a DNS label)")
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ServedModelConfig]) -> dict[str, ServedModelConfig]:
+        bad = [name for name in v if not _DNS_LABEL.match(name)]
+        if bad:
+            raise ValueError(f"model names {bad}: DNS labels (lowercase letters, digits, '-') are allowed")
+        return v
+
+
+class MonitoringResources(Model):
+    prometheus: Resources
+    alertmanager: Resources
+    grafana: Resources
+    sidecar: Resources
+    operator: Resources
+    kube_state_metrics: Resources
+    node_exporter: Resources
+    small: Resources
+
+
+class MonitoringConfig(Model):
+    chart_version: str = Field(description="kube-prometheus-stack Helm chart version")
+    retention: str = Field(description="Prometheus retention, e.g. '2d', '15d'")
+    storage_gi: int | None = Field(default=None, ge=1, le=4096,
+                                   description="Prometheus volume size; unset = no persistent volume (dev)")
+    grafana_admin_password: SecretStr | None = Field(
+        default=None, description="secret; generated (and exported as a secret) when unset")
+    resources: MonitoringResources
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str) -> str:
+        if not re.match(r"^\d+(h|d|w|y)$", v):
+            raise ValueError("a duration such as '12h', '2d', '15d' or '4w' is allowed")
+        return v
+
+
 class GcpConfig(Model):
     """Place for the GKE platform (filled in by the GKE/EKS issue)."""
 
@@ -221,6 +334,9 @@ class StackConfig(Model):
     database: DatabaseConfig
     object_store: ObjectStoreConfig
     mlflow: MlflowConfig
+    gateway: GatewayConfig
+    serving: ServingConfig
+    monitoring: MonitoringConfig
     gcp: GcpConfig | None = None
     aws: AwsConfig | None = None
 

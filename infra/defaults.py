@@ -12,6 +12,7 @@ from typing import Any
 
 POSTGRES_IMAGE = {"repository": "docker.io/library/postgres", "tag": "17.6-bookworm"}
 SEAWEEDFS_IMAGE = {"repository": "docker.io/chrislusf/seaweedfs", "tag": "4.47"}
+POSTGRES_EXPORTER_IMAGE = {"repository": "quay.io/prometheuscommunity/postgres-exporter", "tag": "v0.20.0"}
 AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
 # Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers);
 # `make up` builds it into minikube, CI pushes it to the stack's registry.
@@ -27,6 +28,7 @@ BASE: dict[str, Any] = {
     },
     "database": {
         "image": POSTGRES_IMAGE,
+        "exporterImage": POSTGRES_EXPORTER_IMAGE,
         "storageGi": 5,
         "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
         "backup": {
@@ -49,6 +51,38 @@ BASE: dict[str, Any] = {
         "workers": 1,
         "resources": {"cpu": "200m", "memory": "512Mi", "memoryLimit": "1Gi"},
     },
+    "gateway": {
+        "istioVersion": "1.30.3",
+        "domain": "localtest.me",  # public DNS: *.localtest.me resolves to 127.0.0.1
+        "serviceType": "LoadBalancer",
+        "replicas": 1,
+        "istiodResources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "1Gi"},
+        "gatewayResources": {"cpu": "50m", "memory": "128Mi", "memoryLimit": "512Mi"},
+        "tls": {"enabled": False, "issuer": "selfsigned", "certManagerVersion": "v1.20.2"},
+    },
+    "serving": {
+        "engine": "seldon",
+        "seldon": {
+            "version": "1.17.1",
+            "mlserverImageVersion": "1.7.1-mlflow",
+            "managerResources": {"cpu": "100m", "memory": "128Mi", "cpuLimit": "500m", "memoryLimit": "300Mi"},
+            "executorResources": {"cpu": "100m", "memory": "128Mi", "cpuLimit": "500m", "memoryLimit": "512Mi"},
+        },
+    },
+    "monitoring": {
+        "chartVersion": "83.6.0",
+        "retention": "2d",
+        "resources": {
+            "prometheus": {"cpu": "200m", "memory": "512Mi", "memoryLimit": "1536Mi"},
+            "alertmanager": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+            "grafana": {"cpu": "50m", "memory": "128Mi", "memoryLimit": "384Mi"},
+            "sidecar": {"cpu": "10m", "memory": "64Mi", "memoryLimit": "128Mi"},
+            "operator": {"cpu": "50m", "memory": "64Mi", "memoryLimit": "256Mi"},
+            "kubeStateMetrics": {"cpu": "20m", "memory": "64Mi", "memoryLimit": "256Mi"},
+            "nodeExporter": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+            "small": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+        },
+    },
 }
 
 ENVIRONMENT: dict[str, dict[str, Any]] = {
@@ -57,6 +91,8 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
         "database": {"storageGi": 20, "backup": {"enabled": True}},
         "objectStore": {"storageGi": 50},
         "mlflow": {"replicas": 2},
+        "gateway": {"tls": {"enabled": True}},
+        "monitoring": {"retention": "7d", "storageGi": 20},
     },
     "prod": {
         "database": {
@@ -72,6 +108,12 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
             "replicas": 2,
             "workers": 2,
             "resources": {"cpu": "500m", "memory": "1Gi", "memoryLimit": "2Gi"},
+        },
+        "gateway": {"replicas": 2, "tls": {"enabled": True}},
+        "monitoring": {
+            "retention": "15d",
+            "storageGi": 50,
+            "resources": {"prometheus": {"cpu": "500m", "memory": "2Gi", "memoryLimit": "4Gi"}},
         },
     },
 }

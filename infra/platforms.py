@@ -41,4 +41,6 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         store_storage_gi=store.storage_gi,
         store_resources=store.resources.to_k8s(),
         buckets=store.buckets.model_dump(),
+        exporter_image=db.exporter_image.ref,
+        monitoring_namespace=config.namespaces.monitoring,
     )

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import pulumi
+import pulumi_kubernetes as k8s
 import pulumi_random as random
+from pydantic import SecretStr
 
-from infra.config import StackConfig
+from infra.config import ModelSourceConfig, ServedModelConfig, StackConfig
 from infra.platforms import make_platform
+from modules import kube
+from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls
+from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
+from modules.monitoring import Monitoring, MonitoringArgs, ScrapeTarget
 from modules.namespaces import Namespaces, NamespacesArgs
-from modules.platform.contract import BucketAccess
+from modules.platform.contract import BucketAccess, ObjectStore
+from modules.serving.contract import (
+    Autoscaling,
+    CustomImage,
+    ModelDeploymentArgs,
+    ModelSource,
+    RegistryModel,
+    ServingEngine,
+)
+from modules.serving.seldon import SeldonCore, SeldonCoreArgs
+
+MODEL_SERVER_ACCOUNT = "model-server"
 
 
 def declare(config: StackConfig) -> None:
@@ -23,7 +40,7 @@ def declare(config: StackConfig) -> None:
             "platform": (ns.platform, "restricted"),
             "mlflow": (ns.mlflow, "restricted"),
             "serving": (ns.serving, "baseline"),
-            "monitoring": (ns.monitoring, "baseline"),
+            "monitoring": (ns.monitoring, "privileged"),  # node-exporter reads the host
         }),
         opts=k8s_opts,
     )
@@ -31,9 +48,15 @@ def declare(config: StackConfig) -> None:
         client="mlflow", namespace=namespaces.names["mlflow"], service_account="mlflow",
         buckets=["artifacts", "datasets"],
     )
-    database, object_store = platform.data_services(cluster, namespaces.names["platform"], [mlflow_access])
+    serving_access = BucketAccess(
+        client="model-server", namespace=namespaces.names["serving"], service_account=MODEL_SERVER_ACCOUNT,
+        buckets=["artifacts"], write=False,
+    )
+    database, object_store = platform.data_services(
+        cluster, namespaces.names["platform"], [mlflow_access, serving_access]
+    )
 
-    admin_password = _mlflow_admin_password(config)
+    admin_password = _secret_or_generated("mlflow-admin-password", config.mlflow.admin_password, config.protected)
     mlflow = Mlflow(
         "mlflow",
         MlflowArgs(
@@ -52,27 +75,186 @@ def declare(config: StackConfig) -> None:
         opts=k8s_opts,
     )
 
+    gateway = _gateway(config, k8s_opts)
+    domain = config.gateway.domain
+    gateway.route(Route("mlflow", f"mlflow.{domain}", namespaces.names["mlflow"], "mlflow", MLFLOW_PORT))
+    gateway.route(Route("grafana", f"grafana.{domain}", namespaces.names["monitoring"],
+                        Monitoring.grafana_service, 80))
+
+    grafana_password = _secret_or_generated(
+        "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
+    _monitoring(config, namespaces, mlflow_access, admin_password, grafana_password, k8s_opts)
+
+    engine = _serving_engine(config, gateway, k8s_opts)
+    model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
+
+    scheme = "https" if config.gateway.tls.enabled else "http"
     pulumi.export("platform", config.platform)
     pulumi.export("environment", config.environment)
     pulumi.export("clusterName", cluster.name)
     pulumi.export("namespaces", namespaces.names)
     pulumi.export("buckets", dict(object_store.buckets))
-    pulumi.export("mlflowUrl", mlflow.url)
+    pulumi.export("mlflowUrl", f"{scheme}://mlflow.{domain}")
+    pulumi.export("mlflowInClusterUrl", mlflow.url)
     pulumi.export("mlflowPortForward", mlflow.port_forward)
     pulumi.export("mlflowAdminUsername", config.mlflow.admin_username)
     pulumi.export("mlflowAdminPassword", admin_password)
+    pulumi.export("grafanaUrl", f"{scheme}://grafana.{domain}")
+    pulumi.export("grafanaAdminPassword", grafana_password)
+    pulumi.export("modelsBaseUrl", f"{scheme}://models.{domain}/seldon/{ns.serving}/")
+    pulumi.export("modelUrls", model_urls)
     if cluster.kubeconfig is not None:
         pulumi.export("kubeconfig", cluster.kubeconfig)
     if platform.registry_url is not None:
         pulumi.export("registryUrl", platform.registry_url)
 
 
-def _mlflow_admin_password(config: StackConfig) -> pulumi.Output[str]:
+def _secret_or_generated(name: str, configured: SecretStr | None, protect: bool) -> pulumi.Output[str]:
     """The configured secret, or a generated one kept in the stack state (also a secret)."""
-    if config.mlflow.admin_password is not None:
-        return pulumi.Output.secret(config.mlflow.admin_password.get_secret_value())
-    generated = random.RandomPassword(
-        "mlflow-admin-password", length=24, special=False,
-        opts=pulumi.ResourceOptions(protect=config.protected),
-    )
+    if configured is not None:
+        return pulumi.Output.secret(configured.get_secret_value())
+    generated = random.RandomPassword(name, length=24, special=False, opts=pulumi.ResourceOptions(protect=protect))
     return pulumi.Output.secret(generated.result)
+
+
+def _gateway(config: StackConfig, opts: pulumi.ResourceOptions) -> IstioGateway:
+    g = config.gateway
+    tls = None
+    if g.tls.enabled:
+        tls = Tls(issuer=g.tls.issuer, email=g.tls.email, cert_manager_version=g.tls.cert_manager_version,
+                  resources=config.monitoring.resources.small.to_k8s())
+    return IstioGateway(
+        "gateway",
+        IstioGatewayArgs(
+            namespace="istio-system",
+            version=g.istio_version,
+            domain=g.domain,
+            service_type=g.service_type,
+            istiod_resources=g.istiod_resources.to_k8s(),
+            gateway_resources=g.gateway_resources.to_k8s(),
+            gateway_replicas=g.replicas,
+            tls=tls,
+        ),
+        opts=opts,
+    )
+
+
+def _monitoring(config: StackConfig, namespaces: Namespaces, mlflow_access: BucketAccess,
+                mlflow_password: pulumi.Output[str], grafana_password: pulumi.Output[str],
+                opts: pulumi.ResourceOptions) -> Monitoring:
+    m = config.monitoring
+    # Prometheus scrapes MLflow's /metrics behind basic auth, with a Secret next to the ServiceMonitor
+    scrape_auth = k8s.core.v1.Secret(
+        "mlflow-scrape-auth",
+        metadata=kube.metadata("mlflow-scrape-auth", namespaces.names["mlflow"], "monitoring"),
+        type="Opaque",
+        string_data={"username": config.mlflow.admin_username, "password": mlflow_password},
+        opts=opts,
+    )
+    platform_ns = namespaces.names["platform"]
+    resources = {name: r.to_k8s() for name, r in m.resources}
+    return Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            namespace=namespaces.names["monitoring"],
+            chart_version=m.chart_version,
+            retention=m.retention,
+            storage_gi=m.storage_gi,
+            storage_class=config.kubernetes.storage_class,
+            resources=resources,
+            grafana_admin_password=grafana_password,
+            grafana_host=f"grafana.{config.gateway.domain}",
+            targets=[
+                ScrapeTarget("mlflow", namespaces.names["mlflow"], kube.selector("mlflow"), "http",
+                             basic_auth_secret=scrape_auth.metadata.name),
+                ScrapeTarget("seaweedfs", platform_ns, kube.selector("seaweedfs"), "metrics"),
+                ScrapeTarget("postgres", platform_ns, kube.selector("postgres"), "metrics"),
+            ],
+            model_namespaces=[namespaces.names["serving"]],
+        ),
+        opts=opts,
+    )
+
+
+def _serving_engine(config: StackConfig, gateway: IstioGateway, opts: pulumi.ResourceOptions) -> ServingEngine:
+    s = config.serving.seldon
+    return SeldonCore(
+        "serving",
+        SeldonCoreArgs(
+            namespace="seldon-system",
+            version=s.version,
+            istio_gateway=gateway.gateway,
+            gateway_host=f"models.{config.gateway.domain}",
+            manager_resources=s.manager_resources.model_dump(),
+            executor_resources=s.executor_resources.model_dump(),
+            mlserver_image_version=s.mlserver_image_version,
+        ),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[gateway.ready])),
+    )
+
+
+def _source(source: ModelSourceConfig) -> ModelSource:
+    if source.image is not None:
+        return CustomImage(image=source.image.ref, protocol=source.protocol)
+    assert source.uri is not None
+    return RegistryModel(uri=source.uri, runtime=source.runtime)
+
+
+def _models(config: StackConfig, engine: ServingEngine, platform, object_store: ObjectStore,
+            namespaces: Namespaces, access: BucketAccess, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
+    """The service account and storage credentials model servers share, then one deployment per model."""
+    serving_ns = namespaces.names["serving"]
+    k8s.core.v1.ServiceAccount(
+        "model-server-account",
+        metadata=kube.metadata(MODEL_SERVER_ACCOUNT, serving_ns, "serving",
+                               annotations=dict(platform.identity_annotations(access))),
+        opts=opts,
+    )
+    storage_secret = _storage_secret(object_store, access, serving_ns, opts)
+    urls = {}
+    for name, model in config.serving.models.items():
+        urls[name] = engine.deploy(name, _deployment_args(model, serving_ns, storage_secret), opts=opts).url
+    return urls
+
+
+def _deployment_args(model: ServedModelConfig, namespace: pulumi.Input[str],
+                     storage_secret: pulumi.Input[str] | None) -> ModelDeploymentArgs:
+    a = model.autoscaling
+    return ModelDeploymentArgs(
+        namespace=namespace,
+        source=_source(model.source),
+        replicas=model.replicas,
+        resources=model.resources.to_k8s(),
+        autoscaling=Autoscaling(a.min_replicas, a.max_replicas, a.target_cpu_percent) if a else None,
+        candidate=_source(model.candidate) if model.candidate else None,
+        candidate_mode=model.candidate_mode,
+        canary_percent=model.canary_percent,
+        service_account=MODEL_SERVER_ACCOUNT,
+        storage_secret=storage_secret,
+    )
+
+
+def _storage_secret(store: ObjectStore, access: BucketAccess, namespace: pulumi.Input[str],
+                    opts: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+    """rclone settings for Seldon's storage initializer: static read-only keys for the in-cluster
+    store; cloud stores authenticate through the service account's workload identity instead."""
+    creds = store.credentials.get(access.client)
+    remote = "RCLONE_CONFIG_S3_" if store.scheme == "s3" else "RCLONE_CONFIG_GS_"
+    data: dict[str, pulumi.Input[str]] = {f"{remote}TYPE": "s3" if store.scheme == "s3" else "google cloud storage"}
+    if creds is not None:
+        data |= {f"{remote}PROVIDER": "Other", f"{remote}ENV_AUTH": "false",
+                 f"{remote}ACCESS_KEY_ID": creds.access_key_id,
+                 f"{remote}SECRET_ACCESS_KEY": creds.secret_access_key,
+                 f"{remote}ENDPOINT": store.endpoint_url or ""}
+    elif store.scheme == "s3":
+        data |= {f"{remote}PROVIDER": "AWS", f"{remote}ENV_AUTH": "true"}
+    else:
+        data |= {f"{remote}ENV_AUTH": "true"}
+    secret = k8s.core.v1.Secret(
+        "model-storage",
+        metadata=kube.metadata("model-storage", namespace, "serving"),
+        type="Opaque",
+        string_data={k: pulumi.Output.secret(v) for k, v in data.items()},
+        opts=opts,
+    )
+    return secret.metadata.name

@@ -17,7 +17,7 @@ from infra.defaults import deep_merge, with_defaults
 PROJECT = "mlops-stack"
 IMPLEMENTED_PLATFORMS = ("minikube", "existing")
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
-SECRET_PATHS = (("mlflow", "adminPassword"),)
+SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"))
 
 
 class ConfigError(Exception):

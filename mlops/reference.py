@@ -39,7 +39,11 @@ def _allowed(annotation: Any, info: FieldInfo) -> str:
 def _walk(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any, FieldInfo]]:
     for name, info in model.model_fields.items():
         key = f"{prefix}{info.alias or name}"
-        nested = _models_in(info.annotation)
+        if typing.get_origin(info.annotation) is dict:  # a map of named entries, e.g. serving.models
+            key += ".<name>"
+            nested = _models_in(typing.get_args(info.annotation)[1])
+        else:
+            nested = _models_in(info.annotation)
         if nested and nested[0].__name__ not in ("Image", "Resources"):
             yield from _walk(nested[0], key + ".")
         else:
@@ -56,6 +60,8 @@ def _lookup(tree: dict[str, Any], key: str) -> Any:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(by_alias=True, exclude_none=True)
     if isinstance(value, dict) and "repository" in value:
         return f"`{value['repository']}:{value['tag']}`"
     if isinstance(value, dict):

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 import kubernetes_validate
 
 from mlops.plan import Plan
+from modules.serving.seldon import validate_seldon_deployment
+
+# Custom resources have no core OpenAPI schema; these kinds get our own checks instead.
+CUSTOM_CHECKS = {"SeldonDeployment": validate_seldon_deployment}
 
 
 @dataclass
@@ -40,6 +44,11 @@ def _label(obj: dict) -> str:
 def validate_plan(plan: Plan, version: str) -> ValidationReport:
     report = ValidationReport(version=version)
     for obj in plan.kubernetes_objects:
+        check = CUSTOM_CHECKS.get(obj.get("kind", ""))
+        if check is not None:
+            report.checked += 1
+            report.errors += [f"{_label(obj)}: {problem}" for problem in check(obj)]
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
             report.checked += 1

@@ -20,6 +20,7 @@ from modules.platform.contract import Database, S3Credentials
 
 POSTGRES_UID = 999  # the `postgres` user of the official Debian-based image
 PORT = 5432
+METRICS_PORT = 9187
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class InClusterPostgresArgs:
     extra_databases: Sequence[str] = ()
     backup: PostgresBackupArgs | None = None
     protect: bool = False
+    exporter_image: str | None = None  # postgres_exporter sidecar, scraped on port `metrics`
+    monitoring_namespace: pulumi.Input[str] | None = None  # may reach the metrics port
 
 
 _CREATE_EXTRA_DATABASES = """#!/bin/sh
@@ -113,7 +116,8 @@ class InClusterPostgres(pulumi.ComponentResource):
                     "spec": {
                         "security_context": kube.pod_security(POSTGRES_UID),
                         "automount_service_account_token": False,
-                        "containers": [self._container(args, secret_name)],
+                        "containers": [self._container(args, secret_name)] + (
+                            [self._exporter(args, secret_name)] if args.exporter_image else []),
                         "volumes": [
                             {"name": "init", "config_map": {"name": init.metadata.name}},
                             {"name": "run", "empty_dir": {}},
@@ -139,7 +143,9 @@ class InClusterPostgres(pulumi.ComponentResource):
             metadata=kube.metadata("postgres", args.namespace, "database"),
             spec={
                 "selector": kube.selector("postgres"),
-                "ports": [{"name": "postgres", "port": PORT, "target_port": "postgres"}],
+                "ports": [{"name": "postgres", "port": PORT, "target_port": "postgres"}] + (
+                    [{"name": "metrics", "port": METRICS_PORT, "target_port": "metrics"}]
+                    if args.exporter_image else []),
             },
             opts=kube.child(self),
         )
@@ -157,7 +163,11 @@ class InClusterPostgres(pulumi.ComponentResource):
                             for ns in args.client_namespaces
                         ],
                         "ports": [{"port": PORT, "protocol": "TCP"}],
-                    }
+                    },
+                    *([{"from_": [{"namespace_selector": {"match_labels": {
+                        "kubernetes.io/metadata.name": args.monitoring_namespace}}}],
+                        "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]}]
+                      if args.monitoring_namespace and args.exporter_image else []),
                 ],
             },
             opts=kube.child(self),
@@ -204,6 +214,22 @@ class InClusterPostgres(pulumi.ComponentResource):
                 {"name": "run", "mount_path": "/var/run/postgresql"},
                 {"name": "tmp", "mount_path": "/tmp"},
             ],
+        }
+
+    @staticmethod
+    def _exporter(args: InClusterPostgresArgs, secret_name: pulumi.Input[str]) -> dict[str, Any]:
+        return {
+            "name": "metrics",
+            "image": args.exporter_image,
+            "ports": [{"name": "metrics", "container_port": METRICS_PORT}],
+            "env": [
+                kube.secret_env("DATA_SOURCE_USER", secret_name, "username"),
+                kube.secret_env("DATA_SOURCE_PASS", secret_name, "password"),
+                *kube.env({"DATA_SOURCE_URI": f"127.0.0.1:{PORT}/{args.database}?sslmode=disable"}),
+            ],
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "security_context": kube.CONTAINER_SECURITY,
+            "readiness_probe": kube.http_probe("/metrics", "metrics", period=30),
         }
 
     def _backup(

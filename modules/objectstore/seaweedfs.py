@@ -46,6 +46,7 @@ class SeaweedFsArgs:
     client_namespaces: Sequence[pulumi.Input[str]]
     storage_class: str | None = None
     protect: bool = False
+    monitoring_namespace: pulumi.Input[str] | None = None  # may reach the metrics port
 
 
 def _actions(identity: S3Identity) -> list[str]:
@@ -207,6 +208,10 @@ class SeaweedFs(pulumi.ComponentResource):
                         ],
                         "ports": [{"port": S3_PORT, "protocol": "TCP"}],
                     },
+                    *([{"from_": [{"namespace_selector": {"match_labels": {
+                        "kubernetes.io/metadata.name": args.monitoring_namespace}}}],
+                        "ports": [{"port": PORTS["metrics"], "protocol": "TCP"}]}]
+                      if args.monitoring_namespace else []),
                 ],
             },
             opts=kube.child(self),

@@ -37,6 +37,8 @@ class InClusterSettings:
     store_storage_gi: int
     store_resources: dict[str, Any]
     buckets: Mapping[str, str]  # purpose -> bucket name
+    exporter_image: str | None = None
+    monitoring_namespace: str | None = None  # may scrape the data services' metrics ports
 
 
 class InClusterPlatform(Platform):
@@ -75,6 +77,7 @@ class InClusterPlatform(Platform):
                 client_namespaces=client_namespaces,
                 storage_class=s.storage_class,
                 protect=s.protect,
+                monitoring_namespace=s.monitoring_namespace,
             ),
             opts=opts,
         )
@@ -100,6 +103,8 @@ class InClusterPlatform(Platform):
                 extra_databases=s.extra_databases,
                 backup=backup,
                 protect=s.protect,
+                exporter_image=s.exporter_image,
+                monitoring_namespace=s.monitoring_namespace,
             ),
             opts=opts,
         )

@@ -1,0 +1,222 @@
+"""Seldon Core v1 as the serving engine: the operator (Helm, pinned) and one SeldonDeployment per model.
+
+Licence: the operator is pinned to 1.17.1, the last Apache-2.0 release (later v1 releases and v2
+are under the Business Source License 1.1); see docs/decisions/0003-serving-seldon-core-licence.md.
+Prepackaged MLflow models run on MLServer (Apache-2.0) with the V2 inference protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from modules import kube
+from modules.serving.contract import (
+    CustomImage,
+    DeployedModel,
+    ModelDeploymentArgs,
+    ModelSource,
+    RegistryModel,
+    ServingEngine,
+)
+
+CHART = "seldon-core-operator"
+CHART_REPO = "https://storage.googleapis.com/seldon-charts"
+API_VERSION = "machinelearning.seldon.io/v1"
+IMPLEMENTATIONS = {"mlflow": "MLFLOW_SERVER", "sklearn": "SKLEARN_SERVER"}
+# Prepackaged servers and the protocols Seldon Core 1.17 serves them with (Seldon docs, "Prepackaged
+# Model Servers"); their model is fetched by the rclone storage initializer.
+PREPACKAGED_PROTOCOLS = {
+    "SKLEARN_SERVER": {"seldon", "v2"},
+    "MLFLOW_SERVER": {"seldon", "v2"},
+    "XGBOOST_SERVER": {"seldon", "v2"},
+    "TENSORFLOW_SERVER": {"seldon", "tensorflow"},
+    "TRITON_SERVER": {"v2"},
+    "HUGGINGFACE_SERVER": {"v2"},
+}
+STORAGE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://")
+
+
+@dataclass(frozen=True)
+class SeldonCoreArgs:
+    namespace: pulumi.Input[str]
+    version: str
+    istio_gateway: str  # "<namespace>/<name>" of the Gateway model routes attach to
+    gateway_host: pulumi.Input[str]  # where models are reached, for the URLs this engine reports
+    manager_resources: Mapping[str, str]
+    executor_resources: Mapping[str, str]
+    mlserver_image_version: str = "1.7.1-mlflow"
+
+
+class SeldonCore(pulumi.ComponentResource, ServingEngine):
+    """The Seldon Core v1 operator, wired to Istio; `deploy()` adds models."""
+
+    name = "seldon-core"
+
+    def __init__(self, name: str, args: SeldonCoreArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:serving:SeldonCore", name, None, opts)
+        self._args = args
+        m, e = args.manager_resources, args.executor_resources
+        self.release = k8s.helm.v3.Release(
+            f"{name}-operator",
+            name="seldon-core",
+            chart=CHART,
+            version=args.version,
+            namespace=args.namespace,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CHART_REPO),
+            atomic=True,
+            timeout=600,
+            values={
+                "usageMetrics": {"enabled": False},
+                "ambassador": {"enabled": False},
+                "istio": {"enabled": True, "gateway": args.istio_gateway},
+                "crd": {"create": True},
+                "manager": {"cpuRequest": m["cpu"], "cpuLimit": m["cpu_limit"],
+                            "memoryRequest": m["memory"], "memoryLimit": m["memory_limit"]},
+                "executor": {"resources": {"cpuRequest": e["cpu"], "cpuLimit": e["cpu_limit"],
+                                           "memoryRequest": e["memory"], "memoryLimit": e["memory_limit"]}},
+                "predictor_servers": {
+                    "MLFLOW_SERVER": {"protocols": {"v2": {"image": "seldonio/mlserver",
+                                                           "defaultImageVersion": args.mlserver_image_version}}},
+                },
+            },
+            opts=kube.child(self),
+        )
+        self.register_outputs({"release": self.release.status})
+
+    def deploy(self, name: str, args: ModelDeploymentArgs,
+               opts: pulumi.ResourceOptions | None = None) -> DeployedModel:
+        return SeldonModel(name, args, self._args.gateway_host,
+                           pulumi.ResourceOptions.merge(pulumi.ResourceOptions(depends_on=[self.release]), opts))
+
+
+def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs) -> dict[str, Any]:
+    graph: dict[str, Any] = {"name": "model", "type": "MODEL", "children": []}
+    container: dict[str, Any] = {"name": "model", "resources": dict(args.resources)}
+    if isinstance(source, RegistryModel):
+        graph |= {"implementation": IMPLEMENTATIONS[source.runtime], "modelUri": source.uri}
+        if args.storage_secret is not None:
+            graph["envSecretRefName"] = args.storage_secret
+    else:
+        container |= {"image": source.image, "env": [{"name": k, "value": v} for k, v in source.env.items()]}
+    pod: dict[str, Any] = {"containers": [container]}
+    if args.service_account:
+        pod["serviceAccountName"] = args.service_account
+    component: dict[str, Any] = {"spec": pod}
+    if args.autoscaling is not None:
+        a = args.autoscaling
+        component["hpaSpec"] = {
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_percent}}}],
+        }
+    return {"name": name, "replicas": args.replicas, "graph": graph, "componentSpecs": [component],
+            "labels": {"app.kubernetes.io/part-of": kube.PART_OF}}
+
+
+def _protocol(source: ModelSource) -> str:
+    return source.protocol if isinstance(source, CustomImage) else "v2"
+
+
+def seldon_deployment_spec(args: ModelDeploymentArgs) -> dict[str, Any]:
+    """The SeldonDeployment spec for a model (and its optional shadow/canary candidate)."""
+    if args.candidate is not None and _protocol(args.candidate) != _protocol(args.source):
+        raise ValueError("a candidate must speak the same protocol as the model it runs beside")
+    main = _predictor("main", args.source, args)
+    predictors = [main]
+    if args.candidate is not None:
+        candidate = _predictor("candidate", args.candidate, args)
+        if args.candidate_mode == "shadow":
+            candidate["shadow"] = True
+            main["traffic"] = 100
+        else:
+            main["traffic"], candidate["traffic"] = 100 - args.canary_percent, args.canary_percent
+        predictors.append(candidate)
+    return {"protocol": _protocol(args.source), "predictors": predictors}
+
+
+class SeldonModel(DeployedModel):
+    """One SeldonDeployment; `url` is its predictions endpoint through the Istio gateway."""
+
+    def __init__(self, name: str, args: ModelDeploymentArgs, gateway_host: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:serving:SeldonModel", name, None, opts)
+        spec = seldon_deployment_spec(args)
+        k8s.apiextensions.CustomResource(
+            f"{name}-deployment",
+            api_version=API_VERSION,
+            kind="SeldonDeployment",
+            metadata=kube.metadata(name, args.namespace, "serving"),
+            spec=spec,
+            opts=kube.child(self),
+        )
+        path = "v2/models/model/infer" if spec["protocol"] == "v2" else "api/v1.0/predictions"
+        self.url = pulumi.Output.concat("http://", gateway_host, "/seldon/", args.namespace, f"/{name}/{path}")
+        self.register_outputs({"url": self.url})
+
+
+def _nodes(graph: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield graph
+    for child in graph.get("children") or []:
+        yield from _nodes(child)
+
+
+def validate_seldon_deployment(obj: Mapping[str, Any]) -> list[str]:
+    """Problems the Seldon Core 1.17 operator would reject or mis-serve, from Seldon's documentation:
+    kind/version, graph nodes backed by a container or a prepackaged implementation, protocol
+    supported by that implementation, model URI scheme the storage initializer can fetch, resources
+    set, pinned images and traffic that adds up."""
+    problems: list[str] = []
+    if obj.get("apiVersion") != API_VERSION or obj.get("kind") != "SeldonDeployment":
+        return [f"apiVersion/kind must be {API_VERSION}/SeldonDeployment"]
+    spec = obj.get("spec") or {}
+    protocol = spec.get("protocol", "seldon")
+    if protocol not in ("seldon", "v2", "tensorflow"):
+        problems.append(f"spec.protocol {protocol!r}: allowed seldon, v2, tensorflow")
+    predictors = spec.get("predictors") or []
+    if not predictors:
+        problems.append("spec.predictors is empty")
+    names = [p.get("name") for p in predictors]
+    if len(set(names)) != len(names):
+        problems.append(f"predictor names are not unique: {names}")
+    live = [p for p in predictors if not p.get("shadow")]
+    if len(live) > 1 and sum(p.get("traffic", 0) for p in live) != 100:
+        problems.append("traffic of non-shadow predictors must add up to 100")
+    for p in predictors:
+        where = f"predictor {p.get('name')}"
+        containers = {c.get("name"): c for cs in p.get("componentSpecs") or []
+                      for c in (cs.get("spec") or {}).get("containers") or []}
+        nodes = list(_nodes(p.get("graph") or {}))
+        for node in nodes:
+            implementation = node.get("implementation")
+            if implementation:
+                if implementation not in PREPACKAGED_PROTOCOLS:
+                    problems.append(f"{where}: node {node.get('name')}: unknown implementation {implementation}")
+                elif protocol not in PREPACKAGED_PROTOCOLS[implementation]:
+                    problems.append(f"{where}: {implementation} does not serve protocol {protocol!r}")
+                uri = node.get("modelUri", "")
+                if not uri.startswith(STORAGE_SCHEMES):
+                    problems.append(f"{where}: modelUri {uri!r}: the storage initializer fetches "
+                                    f"{', '.join(STORAGE_SCHEMES)} (resolve models:/ aliases first)")
+            elif node.get("name") not in containers or not containers[node["name"]].get("image"):
+                problems.append(f"{where}: node {node.get('name')} has neither an implementation nor a "
+                                "container with an image of the same name")
+        for cname, container in containers.items():
+            if cname not in {n.get("name") for n in nodes}:
+                problems.append(f"{where}: container {cname} matches no graph node")
+            requests = (container.get("resources") or {}).get("requests") or {}
+            if not requests.get("cpu") or not requests.get("memory"):
+                problems.append(f"{where}: container {cname} has no cpu/memory requests")
+            image = container.get("image")
+            if image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+                problems.append(f"{where}: container {cname} image {image!r} is not pinned")
+        for cs in p.get("componentSpecs") or []:
+            hpa = cs.get("hpaSpec")
+            if hpa and hpa.get("minReplicas", 1) > hpa.get("maxReplicas", 0):
+                problems.append(f"{where}: hpaSpec minReplicas > maxReplicas")
+    return problems
