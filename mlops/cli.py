@@ -1,4 +1,4 @@
-"""`mlops`: the project's command line (offline plan, validation)."""
+"""`mlops`: the project's command line (offline plan, validation, diff)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,32 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from mlops.models import resolve
+
+    print(resolve(args.name, args.alias, args.artifacts_destination))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from mlops.diff import DiffError, diff_against_ref
+
+    started = time.perf_counter()
+    try:
+        report = diff_against_ref(args.base, args.stack)
+    except DiffError as error:
+        print(f"mlops diff: {error}", file=sys.stderr)
+        return 2
+    text = report.render(args.format)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text, end="")
+    where = f" written to {args.out}" if args.out else ""
+    print(f"diff against {args.base!r}{where} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     reference = commands.add_parser("config-reference", help="print the config key reference (Markdown)")
     reference.add_argument("--write-readme", action="store_true", help="update the table in README.md")
     reference.set_defaults(run=cmd_config_reference)
+
+    models = commands.add_parser("resolve-model", help="bucket URI of models:/<name>@<alias> (for serving.models)")
+    models.add_argument("--name", required=True, help="registered model name, e.g. NEOs")
+    models.add_argument("--alias", default="champion")
+    models.add_argument("--artifacts-destination", default="s3://mlflow-artifacts",
+                        help="the server's --artifacts-destination (stack output `buckets`)")
+    models.set_defaults(run=cmd_resolve)
+
+    diff = commands.add_parser("diff", help="diff the plans of a git ref and of the working tree")
+    diff.add_argument("--base", required=True, help="git ref to compare against (e.g. origin/main, HEAD^1)")
+    diff.add_argument("--stack", action="append", help="a stack to diff (repeatable; default: every stack)")
+    diff.add_argument("--format", choices=("markdown", "text"), default="text", help="output format (default: text)")
+    diff.add_argument("--out", help="write the diff to this file instead of stdout")
+    diff.set_defaults(run=cmd_diff)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 import requests
 
+from mlops.models import resolve
 from tests.services import mlflow_server, postgres, s3_api
 
 pytestmark = pytest.mark.integration
@@ -73,6 +74,12 @@ def test_log_register_alias_and_load_back(services, client_env):
                       aws_access_key_id="test", aws_secret_access_key="test")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert any(key.endswith("MLmodel") for key in keys), keys
+
+    # what a SeldonDeployment is given: the bucket URI behind the alias, holding the MLmodel file
+    uri = resolve("smoke-model", "champion", f"s3://{BUCKET}", client)
+    assert uri.startswith(f"s3://{BUCKET}/")
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    assert f"{prefix}/MLmodel" in keys, (uri, keys)
 
 
 def test_prometheus_metrics_are_exposed(services, client_env):

@@ -182,3 +182,13 @@ def test_seldon_checks_accept_a_good_deployment():
 def test_seldon_checks_reject_broken_deployments(case, obj, expected):
     problems = validate_seldon_deployment(obj)
     assert any(expected in p for p in problems), problems
+
+
+def test_proxied_artifact_locations_map_onto_the_bucket():
+    from mlops.models import artifact_uri
+
+    assert artifact_uri("mlflow-artifacts:/3/models/m-1/artifacts", "s3://mlflow-artifacts") == \
+        "s3://mlflow-artifacts/3/models/m-1/artifacts"
+    assert artifact_uri("gs://bucket/x", "s3://ignored") == "gs://bucket/x"
+    with pytest.raises(ValueError, match="neither proxied"):
+        artifact_uri("file:///tmp/model", "s3://mlflow-artifacts")

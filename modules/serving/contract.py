@@ -20,7 +20,7 @@ class RegistryModel:
     """A model logged with MLflow, served by a prepackaged V2 (MLServer) runtime.
 
     `uri` is the artifact location of a registry version (`s3://…`, `gs://…`) as resolved from an
-    alias such as `models:/NEOs@champion` (`mlops models resolve`); engines download from it.
+    alias such as `models:/NEOs@champion` (`mlops resolve-model`); engines download from it.
     """
 
     uri: str
