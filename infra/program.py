@@ -71,6 +71,7 @@ def declare(config: StackConfig) -> None:
             resources=config.mlflow.resources.to_k8s(),
             default_permission=config.mlflow.default_permission,
             service_account_annotations=platform.identity_annotations(mlflow_access),
+            external_hosts=(f"mlflow.{config.gateway.domain}",),
         ),
         opts=k8s_opts,
     )

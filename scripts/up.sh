@@ -10,8 +10,8 @@ MINIKUBE_VERSION=v1.37.0
 KUBERNETES_VERSION=v1.34.0      # matches kubernetes.version in the stack config
 MLFLOW_IMAGE=mlops-stack/mlflow-server:3.17.2-1
 STACK=${STACK:-dev}
-MINIKUBE_CPUS=${MINIKUBE_CPUS:-2}
-MINIKUBE_MEMORY=${MINIKUBE_MEMORY:-4096}
+MINIKUBE_CPUS=${MINIKUBE_CPUS:-4}
+MINIKUBE_MEMORY=${MINIKUBE_MEMORY:-8192}
 STATE_DIR=${PULUMI_STATE_DIR:-$PWD/.state}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -66,6 +66,7 @@ if [ "${1:-}" = "--destroy" ]; then
 fi
 say "pulumi up --stack $STACK"
 pulumi up --stack "$STACK" --yes
-say "Done. MLflow: $(pulumi stack output mlflowPortForward --stack "$STACK"), then http://localhost:5000"
+say "Done. Run \`minikube tunnel\` in another terminal, then open $(pulumi stack output mlflowUrl --stack "$STACK")"
 echo "    user: $(pulumi stack output mlflowAdminUsername --stack "$STACK")," \
      "password: pulumi stack output mlflowAdminPassword --show-secrets --stack $STACK"
+echo "    Grafana: $(pulumi stack output grafanaUrl --stack "$STACK") (admin / grafanaAdminPassword)"

@@ -107,6 +107,10 @@ def test_mlflow_and_grafana_routes_share_the_gateway(plan_of):
     for name, host in (("mlflow", "mlflow.localtest.me"), ("grafana", "grafana.localtest.me")):
         spec = plan.manifest("VirtualService", name)["spec"]
         assert spec["hosts"] == [host] and spec["gateways"] == ["istio-system/platform-gateway"]
+    # MLflow's DNS-rebinding guard must accept the gateway's host name
+    server = plan.manifest("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    allowed = next(e["value"] for e in server["env"] if e["name"] == "MLFLOW_SERVER_ALLOWED_HOSTS").split(",")
+    assert "mlflow.localtest.me" in allowed
 
 
 def test_models_become_valid_seldon_deployments(with_models):

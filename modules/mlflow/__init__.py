@@ -40,6 +40,7 @@ class MlflowArgs:
     default_permission: str = "READ"
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     client: str = "mlflow"  # name of this client's credentials in `artifacts.credentials`
+    external_hosts: tuple[str, ...] = ()  # names it is reached by through the gateway
 
 
 def _postgres_uri(db: Database, database: str) -> pulumi.Output[str]:
@@ -78,9 +79,10 @@ def server_command(workers: int, host: str = "0.0.0.0", port: int = PORT,
     ]
 
 
-def allowed_hosts(service: str, namespace: str) -> str:
-    """Host headers MLflow accepts (DNS-rebinding guard): in-cluster names, port-forward, pod IPs."""
-    names = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+def allowed_hosts(service: str, namespace: str, external: tuple[str, ...] = ()) -> str:
+    """Host headers MLflow accepts (DNS-rebinding guard): gateway names, in-cluster names,
+    port-forward, pod IPs (kubelet probes)."""
+    names = [*external, service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
              f"{service}.{namespace}.svc.cluster.local"]
     hosts = names + [f"{n}:{PORT}" for n in names]
     hosts += ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "10.*", "192.168.*"]
@@ -202,7 +204,7 @@ class Mlflow(pulumi.ComponentResource):
                 "MLFLOW_AUTH_ADMIN_USERNAME": args.admin_username,
                 "MLFLOW_AUTH_CONFIG_PATH": "/etc/mlflow/auth.ini",
                 "MLFLOW_SERVER_ALLOWED_HOSTS": pulumi.Output.from_input(args.namespace).apply(
-                    lambda ns: allowed_hosts("mlflow", ns)
+                    lambda ns: allowed_hosts("mlflow", ns, args.external_hosts)
                 ),
                 "HOME": "/tmp",
             }),
