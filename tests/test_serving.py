@@ -78,7 +78,9 @@ def test_rules_dashboards_and_monitors_are_declared(stack, plan_of):
     assert len(dashboards) == len(dashboard_files())
     monitors = {o["metadata"]["name"] for o in plan.kubernetes_objects if o["kind"] == "ServiceMonitor"}
     assert monitors == {"mlflow", "seaweedfs", "postgres"}
-    assert plan.manifest("PodMonitor", "seldon-models")["spec"]["podMetricsEndpoints"][0]["path"] == "/prometheus"
+    pod_monitor = plan.manifest("PodMonitor", "seldon-models")["spec"]
+    assert pod_monitor["podMetricsEndpoints"][0]["path"] == "/prometheus"
+    assert pod_monitor["podTargetLabels"] == ["seldon-deployment-id"]  # ModelEndpointDown groups by it
     mlflow_monitor = plan.manifest("ServiceMonitor", "mlflow")["spec"]["endpoints"][0]
     assert mlflow_monitor["basicAuth"]["password"] == {"name": "mlflow-scrape-auth", "key": "password"}
 

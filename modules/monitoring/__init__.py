@@ -125,6 +125,8 @@ class Monitoring(pulumi.ComponentResource):
                 kind="PodMonitor",
                 metadata=kube.metadata("seldon-models", namespace, "monitoring"),
                 spec={"selector": {"matchExpressions": [{"key": "seldon-deployment-id", "operator": "Exists"}]},
+                      # the alert rules group model series by this label (modules/monitoring/README.md)
+                      "podTargetLabels": ["seldon-deployment-id"],
                       "podMetricsEndpoints": [{"port": "metrics", "path": "/prometheus", "interval": "30s"}]},
                 opts=after,
             )
