@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from mlops.diff import (
+    COMMENT_LIMIT,
     MARKER,
     DiffReport,
     FieldChange,
@@ -162,8 +163,10 @@ def test_long_strings_are_cut_around_the_difference():
 
 def test_markdown_starts_with_the_marker_and_fits_a_comment(base_plan):
     report = DiffReport("base", "head", [diff_plans(None, base_plan)])
-    full = render_markdown(report)
-    assert full.startswith(MARKER) and "<details>" in full
+    roomy = render_markdown(report, limit=10**7)
+    assert roomy.startswith(MARKER) and "<details>" in roomy  # manifests of added objects when they fit
+    default = render_markdown(report)
+    assert default.startswith(MARKER) and len(default) <= COMMENT_LIMIT
     short = render_markdown(report, limit=3000)
     assert short.startswith(MARKER) and len(short) <= 3000 and "cut to fit" in short
 

