@@ -7,6 +7,7 @@ components receive the parts they need, never the whole config.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -133,10 +134,11 @@ class Namespaces(Model):
 
 
 class Backup(Model):
-    enabled: bool
-    schedule: str = Field(description="cron schedule, in timeZone")
+    enabled: bool = Field(description="in-cluster: nightly dumps to the backups bucket; gke/eks: point-in-time "
+                                      "recovery and retentionDays of managed backups (else 1 day)")
+    schedule: str = Field(description="cron schedule, in timeZone (in-cluster only)")
     time_zone: str = "Etc/UTC"
-    retention_days: int = Field(ge=1, le=3650)
+    retention_days: int = Field(ge=1, le=3650, description="days of backups kept (RDS: at most 35)")
     image: Image = Field(description="image with the S3 client that uploads the dump")
 
     @field_validator("schedule")
@@ -312,17 +314,351 @@ class MonitoringConfig(Model):
         return v
 
 
-class GcpConfig(Model):
-    """Place for the GKE platform (filled in by the GKE/EKS issue)."""
+def _private_cidr(v: str) -> str:
+    try:
+        network = ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        raise ValueError("an IPv4 network in CIDR notation such as '10.0.0.0/16' is allowed") from None
+    if network.version != 4 or not network.is_private:
+        raise ValueError("a private (RFC 1918) IPv4 range is allowed")
+    return v
 
-    project: str
-    region: str = "europe-west1"
+
+def _cidr(v: str) -> str:
+    try:
+        ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        raise ValueError("a network in CIDR notation such as '203.0.113.0/24' is allowed") from None
+    return v
+
+
+_NAME_PREFIX = Field(default=None, description="prefix of physical names (cluster, database, identities, "
+                                                "buckets); default `mlops-<stack>`")
+
+
+class NodePool(Model):
+    """Identical nodes; machine types and bounds live here so a cost tool can read them."""
+
+    machine_type: str = Field(description="GCE machine type (gke) / EC2 instance type (eks)")
+    min_nodes: int = Field(ge=0, le=1000, description="autoscaling lower bound (per zone on regional GKE)")
+    max_nodes: int = Field(ge=1, le=1000, description="autoscaling upper bound (per zone on regional GKE)")
+    spot: bool = Field(default=False, description="spot capacity: cheaper, can be reclaimed at any time")
+    disk_gi: int = Field(default=50, ge=20, le=16384, description="boot disk size")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodePool:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"minNodes {self.min_nodes} is above maxNodes {self.max_nodes}")
+        return self
+
+
+class GkeNodePool(NodePool):
+    @field_validator("machine_type")
+    @classmethod
+    def _gce(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9]*-[a-z0-9]+(-[0-9]+){0,2}$", v):
+            raise ValueError("a Compute Engine machine type such as 'e2-standard-4' is allowed")
+        return v
+
+
+class EksNodePool(NodePool):
+    @field_validator("machine_type")
+    @classmethod
+    def _ec2(cls, v: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9-]*\.(nano|micro|small|medium|large|metal|[0-9]*xlarge)$", v):
+            raise ValueError("an EC2 instance type such as 'm6i.large' is allowed")
+        return v
+
+    @property
+    def arm64(self) -> bool:
+        """Graviton families (t4g, m7g, c7gn, r8g…) need the arm64 node image."""
+        return bool(re.match(r"^[a-z]+[0-9]+g[a-z]*\.", self.machine_type))
+
+
+class GkeNodePools(Model):
+    system: GkeNodePool = Field(description="kube-system and platform services (MLflow)")
+    workload: GkeNodePool = Field(description="model servers and jobs")
+
+
+class EksNodePools(Model):
+    system: EksNodePool = Field(description="kube-system and platform services (MLflow)")
+    workload: EksNodePool = Field(description="model servers and jobs")
+
+
+def cloud_sql_tier_problem(tier: str) -> str | None:
+    """Why `tier` is not a Cloud SQL tier PostgreSQL can run on, or None (rules of the Cloud SQL docs)."""
+    if tier in ("db-f1-micro", "db-g1-small"):
+        return None
+    if m := re.fullmatch(r"db-custom-([0-9]+)-([0-9]+)", tier):
+        cpus, mib = int(m[1]), int(m[2])
+        if not (cpus == 1 or (cpus % 2 == 0 and 2 <= cpus <= 96)):
+            return f"{cpus} vCPUs: 1 or an even number from 2 to 96 is allowed"
+        if mib % 256 or mib < 3840 or not 0.9 * 1024 * cpus <= mib <= 6.5 * 1024 * cpus:
+            return (f"{mib} MiB for {cpus} vCPU(s): a multiple of 256 MiB, at least 3840, and 0.9-6.5 GiB "
+                    "per vCPU is allowed")
+        return None
+    if re.fullmatch(r"db-perf-optimized-N-(2|4|8|16|32|48|64|80|96|128)", tier):
+        return None
+    return ("'db-f1-micro', 'db-g1-small', 'db-custom-<vCPUs>-<MiB>' (Enterprise) or "
+            "'db-perf-optimized-N-<vCPUs>' (Enterprise Plus) is allowed")
+
+
+class CloudSqlConfig(Model):
+    """Cloud SQL for PostgreSQL (private IP only). Backups follow `database.backup`."""
+
+    version: str = Field(default="POSTGRES_17", description="Cloud SQL database version")
+    tier: str = Field(description="machine tier; the edition follows from it")
+    storage_gi: int = Field(ge=10, le=65536, description="SSD size; grows automatically")
+    high_availability: bool = Field(description="REGIONAL availability (standby in another zone)")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.fullmatch(r"POSTGRES_1[3-8]", v):
+            raise ValueError("'POSTGRES_13' to 'POSTGRES_18' is allowed")
+        return v
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, v: str) -> str:
+        if problem := cloud_sql_tier_problem(v):
+            raise ValueError(problem)
+        return v
+
+    @property
+    def edition(self) -> str:
+        return "ENTERPRISE_PLUS" if self.tier.startswith("db-perf-optimized-") else "ENTERPRISE"
+
+
+# RDS for PostgreSQL instance families (curated; AWS checks the exact size at create time).
+RDS_BURSTABLE = ("t3", "t4g")
+RDS_FAMILIES = RDS_BURSTABLE + ("m5", "m5d", "m6g", "m6gd", "m6i", "m6id", "m7g", "m7i", "m8g",
+                                "r5", "r5b", "r5d", "r6g", "r6gd", "r6i", "r6id", "r7g", "r7i", "r8g", "x2g")
+
+
+def rds_class_problem(instance_class: str) -> str | None:
+    """Why `instance_class` is not an RDS for PostgreSQL class, or None."""
+    m = re.fullmatch(r"db\.([a-z0-9]+)\.([a-z0-9]+)", instance_class)
+    if not m:
+        return "an RDS instance class such as 'db.t4g.micro' or 'db.m6g.large' is allowed"
+    family, size = m[1], m[2]
+    if family not in RDS_FAMILIES:
+        return f"db.{family} is not offered for PostgreSQL 13+; allowed families: " + ", ".join(
+            f"db.{f}" for f in RDS_FAMILIES)
+    sizes = ("micro", "small", "medium", "large", "xlarge", "2xlarge") if family in RDS_BURSTABLE else None
+    if sizes is not None and size not in sizes:
+        return f"db.{family} comes in sizes {', '.join(sizes)}"
+    if sizes is None and not re.fullmatch(r"large|xlarge|(2|4|8|12|16|24|32|48)xlarge", size):
+        return f"db.{family} comes in sizes large, xlarge, 2xlarge … 48xlarge"
+    return None
+
+
+class RdsConfig(Model):
+    """RDS for PostgreSQL in private subnets. Backups follow `database.backup`."""
+
+    engine_version: str = Field(default="17", description="major (or major.minor) version")
+    instance_class: str = Field(description="RDS instance class")
+    storage_gi: int = Field(ge=20, le=65536, description="gp3 storage allocated at creation")
+    max_storage_gi: int = Field(ge=20, le=65536, description="storage autoscaling ceiling")
+    high_availability: bool = Field(description="Multi-AZ standby")
+
+    @field_validator("engine_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.fullmatch(r"1[3-8](\.[0-9]+)?", v):
+            raise ValueError("a PostgreSQL version from '13' to '18' (optionally with the minor) is allowed")
+        return v
+
+    @field_validator("instance_class")
+    @classmethod
+    def _class(cls, v: str) -> str:
+        if problem := rds_class_problem(v):
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> RdsConfig:
+        if self.max_storage_gi < self.storage_gi:
+            raise ValueError(f"maxStorageGi {self.max_storage_gi} is below storageGi {self.storage_gi}")
+        return self
+
+
+class GcpNetwork(Model):
+    """Node subnet and its secondary ranges (VPC-native GKE)."""
+
+    subnet_cidr: str = Field(default="10.10.0.0/20", description="nodes (and internal load balancers)")
+    pods_cidr: str = Field(default="10.16.0.0/14", description="secondary range for Pods")
+    services_cidr: str = Field(default="10.20.0.0/20", description="secondary range for Services")
+
+    @field_validator("*")
+    @classmethod
+    def _private(cls, v: str) -> str:
+        return _private_cidr(v)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> GcpNetwork:
+        ranges = {"subnetCidr": self.subnet_cidr, "podsCidr": self.pods_cidr, "servicesCidr": self.services_cidr}
+        names = list(ranges)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if ipaddress.ip_network(ranges[a]).overlaps(ipaddress.ip_network(ranges[b])):
+                    raise ValueError(f"{b} {ranges[b]} overlaps {a} {ranges[a]}")
+        return self
+
+
+class GcpConfig(Model):
+    """Google Cloud (platform `gke`): VPC, GKE, Cloud SQL, GCS, Artifact Registry, Workload Identity."""
+
+    project: str = Field(description="Google Cloud project id")
+    region: str = Field(default="europe-west1", description="region of every resource")
+    zone: str = Field(default="b", description="zone letter in `region` of a zonal cluster, e.g. b → europe-west1-b")
+    regional: bool = Field(description="regional cluster (control plane and nodes in 3 zones) instead of zonal")
+    autopilot: bool = Field(default=False, description="GKE Autopilot (regional only; node pools are Google's)")
+    release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = Field(description="GKE release channel")
+    private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
+    authorized_networks: list[str] = Field(default=[], description="CIDRs allowed to reach the control plane; [] = any")
+    network: GcpNetwork = GcpNetwork()
+    node_pools: GkeNodePools
+    database: CloudSqlConfig
+    registry: str = Field(default="mlops", description="Artifact Registry Docker repository id")
+    noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")
+    name_prefix: str | None = _NAME_PREFIX
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", v):
+            raise ValueError("a project id (6-30 lowercase letters, digits, '-', starting with a letter) is allowed")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", v):
+            raise ValueError("a Google Cloud region such as 'europe-west1' is allowed")
+        return v
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return _zone_letter(v)
+
+    @field_validator("authorized_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return [_cidr(c) for c in v]
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return _name_prefix(v)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", v):
+            raise ValueError("a repository id (lowercase letters, digits, '-') is allowed")
+        return v
+
+    @property
+    def location(self) -> str:
+        return self.region if self.regional else f"{self.region}-{self.zone}"
+
+
+CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                             2922, 3288, 3653)
 
 
 class AwsConfig(Model):
-    """Place for the EKS platform (filled in by the GKE/EKS issue)."""
+    """AWS (platform `eks`): VPC, EKS, RDS, S3, ECR, IAM roles for service accounts."""
 
-    region: str = "eu-west-1"
+    region: str = Field(default="eu-west-1", description="region of every resource")
+    zones: list[str] = Field(description="availability-zone letters in `region`, e.g. [a, b] → eu-west-1a, "
+                                         "eu-west-1b")
+    vpc_cidr: str = Field(default="10.0.0.0/16",
+                          description="VPC range, split into a private and a public subnet per zone")
+    nat_gateways: Literal["single", "perZone"] = Field(
+        description="one NAT gateway, or one per zone (no cross-zone egress dependency)")
+    private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
+    authorized_networks: list[str] = Field(default=[],
+                                           description="CIDRs allowed to reach the public endpoint; [] = any")
+    node_pools: EksNodePools
+    database: RdsConfig
+    registry: str = Field(default="mlops", description="ECR namespace: images are <registry>/<image>")
+    registry_images: list[str] = Field(default=["mlflow-server"], min_length=1,
+                                       description="ECR repositories created under `registry`")
+    log_retention_days: int = Field(description="control-plane log retention (a CloudWatch value: 1, 3, 5, 7, "
+                                                "14, 30, 60, 90, 120, 150, 180, 365, …)")
+    noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")
+    name_prefix: str | None = _NAME_PREFIX
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-[0-9]", v):
+            raise ValueError("an AWS region such as 'eu-west-1' is allowed")
+        return v
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        for letter in v:
+            _zone_letter(letter)
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("at least two different zone letters are allowed (EKS and RDS span two or more zones)")
+        return v
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in CLOUDWATCH_RETENTION_DAYS:
+            raise ValueError("a CloudWatch retention is allowed: " + ", ".join(map(str, CLOUDWATCH_RETENTION_DAYS)))
+        return v
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc(cls, v: str) -> str:
+        _private_cidr(v)
+        if not 16 <= ipaddress.ip_network(v).prefixlen <= 20:
+            raise ValueError("a prefix length from /16 to /20 is allowed (room for a subnet pair per zone)")
+        return v
+
+    @field_validator("authorized_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return [_cidr(c) for c in v]
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return _name_prefix(v)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*", v):
+            raise ValueError("an ECR namespace (lowercase letters, digits, '.', '_', '-') is allowed")
+        return v
+
+    @field_validator("registry_images")
+    @classmethod
+    def _images(cls, v: list[str]) -> list[str]:
+        for image in v:
+            if not re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*", image):
+                raise ValueError(f"{image!r}: image names of lowercase letters, digits, '.', '_', '-' are allowed")
+        return v
+
+
+def _zone_letter(v: str) -> str:
+    if not re.fullmatch(r"[a-z]", v):
+        raise ValueError("a zone letter such as 'b' is allowed")
+    return v
+
+
+def _name_prefix(v: str | None) -> str | None:
+    if v is not None and not re.fullmatch(r"[a-z][a-z0-9-]{1,15}[a-z0-9]", v):
+        raise ValueError("3-17 lowercase letters, digits and '-' (starting with a letter) are allowed")
+    return v
 
 
 class StackConfig(Model):

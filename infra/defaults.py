@@ -3,6 +3,9 @@
 Order of precedence (later wins): BASE → ENVIRONMENT[env] → PLATFORM[platform] → the stack file.
 Sizes on `dev` fit a default minikube (2 CPU / 4 GiB for the whole platform); `prod` adds replicas,
 backups and deletion protection.
+
+The cloud sections (`gcp`, `aws`) have per-environment values (dev: smallest, zonal, no HA; prod:
+regional/multi-AZ, HA); a stack keeps only the section of its own platform (`CLOUD_SECTION`).
 """
 
 from __future__ import annotations
@@ -86,13 +89,58 @@ BASE: dict[str, Any] = {
 }
 
 ENVIRONMENT: dict[str, dict[str, Any]] = {
-    "dev": {},
+    "dev": {
+        "gcp": {
+            "regional": False,
+            "releaseChannel": "REGULAR",
+            "nodePools": {
+                "system": {"machineType": "e2-standard-2", "minNodes": 1, "maxNodes": 2},
+                "workload": {"machineType": "e2-standard-4", "minNodes": 0, "maxNodes": 2, "spot": True},
+            },
+            "database": {"tier": "db-f1-micro", "storageGi": 10, "highAvailability": False},
+            "noncurrentVersionDays": 7,
+        },
+        "aws": {
+            "zones": ["a", "b"],
+            "natGateways": "single",
+            "nodePools": {
+                "system": {"machineType": "t3.large", "minNodes": 1, "maxNodes": 2},
+                "workload": {"machineType": "t3.large", "minNodes": 1, "maxNodes": 2, "spot": True},
+            },
+            "database": {"instanceClass": "db.t4g.micro", "storageGi": 20, "maxStorageGi": 50,
+                         "highAvailability": False},
+            "logRetentionDays": 7,
+            "noncurrentVersionDays": 7,
+        },
+    },
     "staging": {
         "database": {"storageGi": 20, "backup": {"enabled": True}},
         "objectStore": {"storageGi": 50},
         "mlflow": {"replicas": 2},
         "gateway": {"tls": {"enabled": True}},
         "monitoring": {"retention": "7d", "storageGi": 20},
+        "gcp": {
+            "regional": False,
+            "releaseChannel": "REGULAR",
+            "nodePools": {
+                "system": {"machineType": "e2-standard-4", "minNodes": 1, "maxNodes": 3},
+                "workload": {"machineType": "e2-standard-4", "minNodes": 0, "maxNodes": 4, "spot": True},
+            },
+            "database": {"tier": "db-custom-1-3840", "storageGi": 20, "highAvailability": False},
+            "noncurrentVersionDays": 30,
+        },
+        "aws": {
+            "zones": ["a", "b"],
+            "natGateways": "single",
+            "nodePools": {
+                "system": {"machineType": "m6i.large", "minNodes": 1, "maxNodes": 3},
+                "workload": {"machineType": "m6i.large", "minNodes": 1, "maxNodes": 4, "spot": True},
+            },
+            "database": {"instanceClass": "db.t4g.small", "storageGi": 20, "maxStorageGi": 100,
+                         "highAvailability": False},
+            "logRetentionDays": 30,
+            "noncurrentVersionDays": 30,
+        },
     },
     "prod": {
         "database": {
@@ -115,15 +163,40 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
             "storageGi": 50,
             "resources": {"prometheus": {"cpu": "500m", "memory": "2Gi", "memoryLimit": "4Gi"}},
         },
+        "gcp": {
+            "regional": True,
+            "releaseChannel": "STABLE",
+            "nodePools": {  # per zone: a regional cluster has three
+                "system": {"machineType": "e2-standard-4", "minNodes": 1, "maxNodes": 2, "diskGi": 100},
+                "workload": {"machineType": "n2-standard-4", "minNodes": 1, "maxNodes": 5, "diskGi": 100},
+            },
+            "database": {"tier": "db-custom-2-7680", "storageGi": 50, "highAvailability": True},
+            "noncurrentVersionDays": 90,
+        },
+        "aws": {
+            "zones": ["a", "b", "c"],
+            "natGateways": "perZone",
+            "nodePools": {
+                "system": {"machineType": "m6i.xlarge", "minNodes": 2, "maxNodes": 4, "diskGi": 100},
+                "workload": {"machineType": "m6i.xlarge", "minNodes": 2, "maxNodes": 10, "diskGi": 100},
+            },
+            "database": {"instanceClass": "db.m6g.large", "storageGi": 50, "maxStorageGi": 500,
+                         "highAvailability": True},
+            "logRetentionDays": 90,
+            "noncurrentVersionDays": 90,
+        },
     },
 }
 
 PLATFORM: dict[str, dict[str, Any]] = {
     "minikube": {"kubernetes": {"context": "minikube", "storageClass": "standard"}},
     "existing": {},
-    "gke": {},
-    "eks": {},
+    "gke": {"kubernetes": {"storageClass": "standard-rwo"}},  # GKE's default pd-balanced CSI class
+    "eks": {"kubernetes": {"storageClass": "gp3"}},  # created by the EKS platform as the default class
 }
+
+# The config section each cloud platform reads; the other cloud's section is dropped from the defaults.
+CLOUD_SECTION = {"gke": "gcp", "eks": "aws"}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +215,10 @@ def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
     Unknown platform/environment values fall back to no layer; validation then reports them.
     """
+    platform = str(raw.get("platform"))
     layered = copy.deepcopy(BASE)
     layered = deep_merge(layered, ENVIRONMENT.get(str(raw.get("environment")), {}))
-    layered = deep_merge(layered, PLATFORM.get(str(raw.get("platform")), {}))
+    layered = deep_merge(layered, PLATFORM.get(platform, {}))
+    for section in set(CLOUD_SECTION.values()) - {CLOUD_SECTION.get(platform)}:
+        layered.pop(section, None)
     return deep_merge(layered, raw)

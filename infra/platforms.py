@@ -1,18 +1,38 @@
-"""Picks the platform implementation for a config: the one place that branches on `platform`."""
+"""Picks the platform implementation for a config: the one place that branches on `platform`.
+
+The cloud targets are imported inside their branch: pulumi_gcp and pulumi_aws take a second or two
+to import, which the minikube/on-prem plans do not pay.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
+import pulumi
+
 from infra.config import StackConfig
+from infra.settings import bucket_names, name_prefix
 from modules.mlflow import AUTH_DATABASE
+from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import Platform
 from modules.platform.incluster import InClusterPlatform, InClusterSettings
+
+if TYPE_CHECKING:
+    from modules.platform.eks import EksSettings
+    from modules.platform.gke import GkeSettings
 
 
 def make_platform(config: StackConfig) -> Platform:
     if config.platform in ("minikube", "existing"):
         return InClusterPlatform(config.platform, _in_cluster_settings(config))
-    # parse_stack_config rejects the others before anything is declared
-    raise ValueError(f"platform {config.platform!r} is not implemented")
+    if config.platform == "gke":
+        from modules.platform.gke import GkePlatform
+
+        return GkePlatform(_gke_settings(config))
+    from modules.platform.eks import EksPlatform
+
+    return EksPlatform(_eks_settings(config))
 
 
 def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
@@ -43,4 +63,85 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         buckets=store.buckets.model_dump(),
         exporter_image=db.exporter_image.ref,
         monitoring_namespace=config.namespaces.monitoring,
+    )
+
+
+def _labels(config: StackConfig) -> dict[str, str]:
+    """Labels (GCP) / tags (AWS) on every cloud resource; GCP values are lowercase, at most 63."""
+    stack = re.sub(r"[^a-z0-9_-]+", "-", pulumi.get_stack().lower())[:63]
+    return {"part-of": "mlops-stack", "stack": stack, "environment": config.environment}
+
+
+def _postgres_spec(config: StackConfig, version: str, size: str, storage_gi: int, ha: bool) -> ManagedPostgresSpec:
+    db = config.database
+    return ManagedPostgresSpec(
+        database=db.name, username=db.username, extra_databases=(AUTH_DATABASE,), version=version, size=size,
+        storage_gi=storage_gi, high_availability=ha,
+        backup_days=db.backup.retention_days if db.backup.enabled else 1,
+        point_in_time_recovery=db.backup.enabled,
+    )
+
+
+def _gke_settings(config: StackConfig) -> GkeSettings:
+    from modules.platform.gke import GkeSettings
+
+    g = config.gcp
+    assert g is not None  # parse_stack_config requires the section on gke
+    stack = pulumi.get_stack()  # name lengths were checked by load_stack_config
+    return GkeSettings(
+        project=g.project,
+        region=g.region,
+        location=g.location,
+        autopilot=g.autopilot,
+        release_channel=g.release_channel,
+        kubernetes_version=config.kubernetes.version,
+        private_endpoint=g.private_endpoint,
+        authorized_networks=tuple(g.authorized_networks),
+        subnet_cidr=g.network.subnet_cidr,
+        pods_cidr=g.network.pods_cidr,
+        services_cidr=g.network.services_cidr,
+        node_pools=tuple(NodePoolSpec(name, p.machine_type, p.min_nodes, p.max_nodes, p.spot, p.disk_gi)
+                         for name, p in g.node_pools),
+        database=_postgres_spec(config, g.database.version, g.database.tier, g.database.storage_gi,
+                                g.database.high_availability),
+        database_edition=g.database.edition,
+        buckets=bucket_names(config, stack),
+        registry=g.registry,
+        noncurrent_version_days=g.noncurrent_version_days,
+        prefix=name_prefix(g.name_prefix, stack),
+        storage_class=config.kubernetes.storage_class,
+        protect=config.protected,
+        labels=_labels(config),
+    )
+
+
+def _eks_settings(config: StackConfig) -> EksSettings:
+    from modules.platform.eks import EksSettings
+
+    a = config.aws
+    assert a is not None  # parse_stack_config requires the section on eks
+    stack = pulumi.get_stack()  # name lengths were checked by load_stack_config
+    return EksSettings(
+        region=a.region,
+        zones=tuple(f"{a.region}{letter}" for letter in a.zones),
+        vpc_cidr=a.vpc_cidr,
+        nat_per_zone=a.nat_gateways == "perZone",
+        kubernetes_version=config.kubernetes.version,
+        private_endpoint=a.private_endpoint,
+        authorized_networks=tuple(a.authorized_networks),
+        node_pools=tuple(NodePoolSpec(name, p.machine_type, p.min_nodes, p.max_nodes, p.spot, p.disk_gi, p.arm64)
+                         for name, p in a.node_pools),
+        database=_postgres_spec(config, a.database.engine_version, a.database.instance_class,
+                                a.database.storage_gi, a.database.high_availability),
+        max_storage_gi=a.database.max_storage_gi,
+        client_image=config.database.image.ref,
+        buckets=bucket_names(config, stack),
+        registry=a.registry,
+        registry_images=tuple(a.registry_images),
+        log_retention_days=a.log_retention_days,
+        noncurrent_version_days=a.noncurrent_version_days,
+        prefix=name_prefix(a.name_prefix, stack),
+        storage_class=config.kubernetes.storage_class or "gp3",
+        protect=config.protected,
+        tags=_labels(config),
     )

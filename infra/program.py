@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
@@ -84,7 +86,7 @@ def declare(config: StackConfig) -> None:
 
     grafana_password = _secret_or_generated(
         "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
-    _monitoring(config, namespaces, mlflow_access, admin_password, grafana_password, k8s_opts)
+    _monitoring(config, namespaces, platform.metrics_services, admin_password, grafana_password, k8s_opts)
 
     engine = _serving_engine(config, gateway, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
@@ -140,7 +142,7 @@ def _gateway(config: StackConfig, opts: pulumi.ResourceOptions) -> IstioGateway:
     )
 
 
-def _monitoring(config: StackConfig, namespaces: Namespaces, mlflow_access: BucketAccess,
+def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequence[str],
                 mlflow_password: pulumi.Output[str], grafana_password: pulumi.Output[str],
                 opts: pulumi.ResourceOptions) -> Monitoring:
     m = config.monitoring
@@ -168,8 +170,7 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, mlflow_access: Buck
             targets=[
                 ScrapeTarget("mlflow", namespaces.names["mlflow"], kube.selector("mlflow"), "http",
                              basic_auth_secret=scrape_auth.metadata.name),
-                ScrapeTarget("seaweedfs", platform_ns, kube.selector("seaweedfs"), "metrics"),
-                ScrapeTarget("postgres", platform_ns, kube.selector("postgres"), "metrics"),
+                *(ScrapeTarget(service, platform_ns, kube.selector(service), "metrics") for service in data_services),
             ],
             model_namespaces=[namespaces.names["serving"]],
         ),

@@ -6,16 +6,16 @@ Runs before any resource is declared, so a bad stack file never leaves a half-de
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from infra.config import StackConfig
-from infra.defaults import deep_merge, with_defaults
+from infra.defaults import CLOUD_SECTION, deep_merge, with_defaults
 
 PROJECT = "mlops-stack"
-IMPLEMENTED_PLATFORMS = ("minikube", "existing")
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
 SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"))
 
@@ -109,12 +109,12 @@ def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
     """Checks that span keys or depend on how a value was stored."""
     problems = []
     platform = merged.get("platform")
-    if platform in ("gke", "eks"):
-        problems.append(
-            f"{PROJECT}:platform: got {json.dumps(platform)}; the {platform.upper()} platform has its "
-            f"place in the schema but is not implemented yet; allowed today: "
-            f"{', '.join(IMPLEMENTED_PLATFORMS)}"
-        )
+    for cloud_platform, section in CLOUD_SECTION.items():
+        if section in merged and platform != cloud_platform:
+            problems.append(
+                f"{PROJECT}:{section}: set, but platform is {json.dumps(platform)}; this section is read "
+                f"only with platform '{cloud_platform}'"
+            )
     kubernetes = merged.get("kubernetes")
     if platform == "existing" and isinstance(kubernetes, dict) and not kubernetes.get("context"):
         problems.append(
@@ -131,15 +131,118 @@ def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
     return problems
 
 
-def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = None) -> StackConfig:
-    """Validate `raw` layered over its defaults; raise ConfigError listing every problem."""
+# Zone letters per region, for regions whose zones are public and stable; other regions are taken as
+# written and checked by the cloud at `pulumi up`.
+GCP_ZONES = {
+    "europe-west1": "bcd", "europe-west2": "abc", "europe-west3": "abc", "europe-west4": "abc",
+    "europe-southwest1": "abc", "us-central1": "abcf", "us-east1": "bcd", "us-east4": "abc",
+    "us-west1": "abc", "asia-east1": "abc", "asia-northeast1": "abc",
+}
+AWS_ZONES = {
+    "us-east-1": "abcdef", "us-east-2": "abc", "us-west-2": "abcd", "eu-west-1": "abc", "eu-west-2": "abc",
+    "eu-west-3": "abc", "eu-central-1": "abc", "eu-north-1": "abc", "ca-central-1": "abd",
+    "ap-northeast-1": "acd", "ap-southeast-1": "abc",
+}
+CLOUD_SQL_MAX_BACKUPS = 365
+RDS_MAX_BACKUP_DAYS = 35
+MAX_NAME_PREFIX = 17  # Google service account ids ("<prefix>-model-server") have at most 30 characters
+MAX_GCS_BUCKET = 63
+MAX_S3_BUCKET_PREFIX = 37  # the AWS provider appends a 26-character unique suffix
+
+
+def _problem(key: str, value: Any, message: str) -> str:
+    return f"{PROJECT}:{key}: got {json.dumps(value)}; {message}"
+
+
+def name_prefix(configured: str | None, stack: str) -> str:
+    """Physical cloud names start with this: the configured `namePrefix`, else `mlops-<stack>`."""
+    return configured or "mlops-" + re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-")
+
+
+def bucket_names(config: StackConfig, stack: str) -> dict[str, str]:
+    """Bucket names by purpose, unique worldwide: GCS `<project>-<prefix>-<name>`; on S3 the prefix of
+    `<prefix>-<name>-<unique suffix>` (the provider adds the suffix)."""
+    if config.gcp is not None:
+        prefix = name_prefix(config.gcp.name_prefix, stack)
+        return {purpose: f"{config.gcp.project}-{prefix}-{name}" for purpose, name in config.object_store.buckets}
+    assert config.aws is not None
+    prefix = name_prefix(config.aws.name_prefix, stack)
+    return {purpose: f"{prefix}-{name}-" for purpose, name in config.object_store.buckets}
+
+
+def _name_checks(config: StackConfig, stack: str) -> list[str]:
+    """Names derived from the stack name, which only the running program knows."""
+    section = CLOUD_SECTION.get(config.platform)
+    cloud = getattr(config, section) if section else None
+    if cloud is None:
+        return []
+    prefix = name_prefix(cloud.name_prefix, stack)
+    if len(prefix) > MAX_NAME_PREFIX:
+        return [f"{PROJECT}:{section}.namePrefix: missing; the default {prefix!r} (mlops-<stack>) is longer than "
+                f"{MAX_NAME_PREFIX} characters: set a shorter prefix"]
+    limit, shape = (MAX_GCS_BUCKET, "<project>-<namePrefix>-<name>") if section == "gcp" else (
+        MAX_S3_BUCKET_PREFIX, "<namePrefix>-<name>-")
+    names = dict(config.object_store.buckets)
+    return [_problem(f"objectStore.buckets.{purpose}", names[purpose],
+                     f"the bucket name {bucket!r} ({shape}) is longer than {limit} characters")
+            for purpose, bucket in bucket_names(config, stack).items() if len(bucket) > limit]
+
+
+def _zone_problems(key: str, region: str, letters: list[str], known: Mapping[str, str], sep: str) -> list[str]:
+    allowed = known.get(region)
+    if allowed is None:
+        return []
+    return [_problem(key, letter, f"zone {region}{sep}{letter} does not exist; allowed in {region}: "
+                                  f"{', '.join(allowed)}") for letter in letters if letter not in allowed]
+
+
+def _cloud_checks(config: StackConfig) -> list[str]:
+    """Combinations a cloud refuses, found before anything is declared (typed values, after parsing)."""
+    problems: list[str] = []
+    backup = config.database.backup
+    if config.platform == "gke" and config.gcp is not None:
+        g = config.gcp
+        problems += _zone_problems("gcp.zone", g.region, [g.zone], GCP_ZONES, "-")
+        if g.autopilot and not g.regional:
+            problems.append(_problem("gcp.regional", False, "Autopilot clusters are regional: allowed true "
+                                                            "with gcp.autopilot true"))
+        if not g.autopilot and g.node_pools.system.min_nodes < 1:
+            problems.append(_problem("gcp.nodePools.system.minNodes", 0, "the system pool runs kube-system and "
+                                                                        "MLflow: allowed 1 or more"))
+        if backup.enabled and backup.retention_days > CLOUD_SQL_MAX_BACKUPS:
+            problems.append(_problem("database.backup.retentionDays", backup.retention_days,
+                                     f"Cloud SQL keeps 1 to {CLOUD_SQL_MAX_BACKUPS} automated backups"))
+    if config.platform == "eks" and config.aws is not None:
+        a = config.aws
+        problems += _zone_problems("aws.zones", a.region, a.zones, AWS_ZONES, "")
+        if a.node_pools.system.min_nodes < 1:
+            problems.append(_problem("aws.nodePools.system.minNodes", 0, "the system pool runs CoreDNS and "
+                                                                        "MLflow: allowed 1 or more"))
+        if a.private_endpoint and a.authorized_networks:
+            problems.append(_problem("aws.authorizedNetworks", a.authorized_networks,
+                                     "these restrict the public endpoint, which aws.privateEndpoint true "
+                                     "turns off: allowed [] with a private endpoint"))
+        if backup.enabled and backup.retention_days > RDS_MAX_BACKUP_DAYS:
+            problems.append(_problem("database.backup.retentionDays", backup.retention_days,
+                                     f"RDS keeps automated backups 1 to {RDS_MAX_BACKUP_DAYS} days"))
+    return problems
+
+
+def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = None,
+                       stack: str | None = None) -> StackConfig:
+    """Validate `raw` layered over its defaults; raise ConfigError listing every problem.
+
+    With `stack`, names derived from the stack name are checked too (the program passes it)."""
     merged = with_defaults(dict(raw))
     problems = _cross_checks(merged, secret_top or set())
+    # a cloud section on another platform is reported once above, not field by field
+    foreign = set(CLOUD_SECTION.values()) - {CLOUD_SECTION.get(str(merged.get("platform")))}
     try:
-        config = StackConfig.model_validate(merged)
+        config = StackConfig.model_validate({k: v for k, v in merged.items() if k not in foreign})
     except ValidationError as exc:
         problems.extend(_describe(e) for e in exc.errors())
         raise ConfigError(problems) from None
+    problems += _cloud_checks(config) + (_name_checks(config, stack) if stack is not None else [])
     if problems:
         raise ConfigError(problems)
     return config
@@ -147,6 +250,7 @@ def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = Non
 
 def load_stack_config() -> StackConfig:
     """The running stack's config, from the Pulumi engine (or the offline plan's mocks)."""
+    import pulumi
     from pulumi.runtime import config as runtime_config
 
     values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
@@ -154,4 +258,4 @@ def load_stack_config() -> StackConfig:
         runtime_config._SECRET_KEYS.get()
     )
     raw, secret_top = raw_from_pulumi_config(values, secret_keys)
-    return parse_stack_config(raw, secret_top)
+    return parse_stack_config(raw, secret_top, stack=pulumi.get_stack())

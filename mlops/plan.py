@@ -123,13 +123,57 @@ class _Recorder(mocks.MockMonitor):
         return response
 
 
+FAKE_ACCOUNT = "123456789012"  # AWS account id in computed ARNs and URLs
+FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCnBsYW4tcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
+
+
+def _computed(typ: str, i: dict[str, Any], region: str) -> dict[str, Any]:
+    """Fake but well-formed values for the outputs cloud providers compute and the program reads
+    (endpoints, addresses, ARNs, e-mails); `i` are the resource's inputs, `region` the AWS provider's."""
+    if typ == "gcp:container/cluster:Cluster":
+        return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": FAKE_CA}}
+    if typ == "gcp:sql/databaseInstance:DatabaseInstance":
+        return {"privateIpAddress": "10.100.0.3"}
+    if typ == "gcp:serviceaccount/account:Account":
+        email = f"{i['accountId']}@{i['project']}.iam.gserviceaccount.com"
+        return {"email": email, "member": f"serviceAccount:{email}",
+                "name": f"projects/{i['project']}/serviceAccounts/{email}"}
+    if typ == "aws:eks/cluster:Cluster":
+        return {"endpoint": f"https://0123456789ABCDEF.gr7.{region}.eks.amazonaws.com",
+                "certificateAuthority": {"data": FAKE_CA},
+                "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/0123456789ABCDEF"}]}],
+                "vpcConfig": {**i.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-0eks0cluster0"}}
+    if typ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+        return {"arn": f"arn:aws:iam::{FAKE_ACCOUNT}:oidc-provider/{i['url'].removeprefix('https://')}"}
+    if typ == "aws:iam/role:Role":
+        return {"arn": f"arn:aws:iam::{FAKE_ACCOUNT}:role/{i['name']}"}
+    if typ == "aws:kms/key:Key":
+        return {"arn": f"arn:aws:kms:{region}:{FAKE_ACCOUNT}:key/00000000-0000-0000-0000-000000000000"}
+    if typ == "aws:rds/instance:Instance":
+        return {"address": f"{i['identifier']}.c0abcdefghij.{region}.rds.amazonaws.com"}
+    if typ == "aws:s3/bucket:Bucket":
+        bucket = i.get("bucket") or i["bucketPrefix"] + "20260101000000000000000001"  # provider's unique suffix
+        return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
+    if typ == "aws:ecr/repository:Repository":
+        return {"repositoryUrl": f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{i['name']}"}
+    if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+        return {"latestVersion": 1}
+    return {}
+
+
 class _Mocks(mocks.Mocks):
-    """Echo inputs as outputs; fill in what providers would compute."""
+    """Echo inputs as outputs; fill in what providers would compute (`_computed`)."""
+
+    def __init__(self) -> None:
+        self.aws_region = "us-east-1"
 
     def new_resource(self, args: mocks.MockResourceArgs):
         outputs = dict(args.inputs)
         if args.typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
             outputs["result"] = "x" * int(args.inputs.get("length", 16))
+        if args.typ == "pulumi:providers:aws":
+            self.aws_region = args.inputs.get("region", self.aws_region)
+        outputs.update(_computed(args.typ, args.inputs, self.aws_region))
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs):

@@ -90,6 +90,12 @@ class Platform(abc.ABC):
         """Annotations for the client's Kubernetes service account (workload identity); {} if none."""
 
     @property
+    def metrics_services(self) -> Sequence[str]:
+        """Data services running in the cluster with a `metrics` port for Prometheus to scrape; the
+        clouds' managed databases and buckets report to Cloud Monitoring / CloudWatch instead."""
+        return ()
+
+    @property
     def registry_url(self) -> pulumi.Input[str] | None:
         """Where CI pushes model images; None where images are loaded into the cluster directly."""
         return None

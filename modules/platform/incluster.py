@@ -117,5 +117,9 @@ class InClusterPlatform(Platform):
         )
         return postgres.database, object_store
 
+    @property
+    def metrics_services(self) -> Sequence[str]:
+        return ("seaweedfs", "postgres")
+
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return {}  # in-cluster clients use the static keys of `ObjectStore.credentials`

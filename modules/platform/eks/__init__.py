@@ -1,0 +1,152 @@
+"""The `eks` target: VPC, EKS, RDS for PostgreSQL, S3, ECR and IAM roles for service accounts.
+
+Clients reach their buckets through IRSA roles that only their Kubernetes service account can
+assume: no access key exists anywhere. One KMS key (rotated, protected) encrypts Kubernetes Secrets,
+RDS storage, the buckets and the repositories. Every AWS resource goes through one explicit provider
+for the configured region; nothing reads an ambient default region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
+from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
+from modules.platform.eks.cluster import EksCluster, EksClusterArgs
+from modules.platform.eks.database import RdsArgs, RdsPostgres
+from modules.platform.eks.identity import ServiceAccountRole, ServiceAccountRoleArgs
+from modules.platform.eks.network import Vpc, VpcArgs
+from modules.platform.eks.storage import Buckets, BucketsArgs, Registry, RegistryArgs
+
+KEY_DELETION_WINDOW_DAYS = 30
+
+
+@dataclass(frozen=True)
+class EksSettings:
+    region: str
+    zones: Sequence[str]  # availability zone names
+    vpc_cidr: str
+    nat_per_zone: bool
+    kubernetes_version: str
+    private_endpoint: bool
+    authorized_networks: Sequence[str]
+    node_pools: Sequence[NodePoolSpec]
+    database: ManagedPostgresSpec
+    max_storage_gi: int
+    client_image: str  # postgres image whose psql creates the extra databases
+    buckets: Mapping[str, str]  # purpose -> bucket name prefix
+    registry: str
+    registry_images: Sequence[str]
+    log_retention_days: int
+    noncurrent_version_days: int
+    prefix: str  # of physical names
+    storage_class: str
+    protect: bool
+    tags: Mapping[str, str]
+
+
+class EksPlatform(Platform):
+    def __init__(self, settings: EksSettings):
+        self.settings = settings
+        self._opts: pulumi.ResourceOptions | None = None
+        self._key: aws.kms.Key | None = None
+        self._vpc: Vpc | None = None
+        self._eks: EksCluster | None = None
+        self._registry: Registry | None = None
+        self._buckets: Buckets | None = None
+        self._identities: dict[str, ServiceAccountRole] = {}
+
+    def cluster(self) -> Cluster:
+        s = self.settings
+        provider = aws.Provider("aws", region=s.region, default_tags=aws.ProviderDefaultTagsArgs(tags=dict(s.tags)))
+        self._opts = pulumi.ResourceOptions(providers=[provider])
+        self._key = aws.kms.Key(
+            "kms", description=f"{s.prefix}: Kubernetes Secrets, RDS, S3, ECR", enable_key_rotation=True,
+            deletion_window_in_days=KEY_DELETION_WINDOW_DAYS,
+            opts=pulumi.ResourceOptions(provider=provider, protect=s.protect))
+        aws.kms.Alias("kms", name=f"alias/{s.prefix}", target_key_id=self._key.id,
+                      opts=pulumi.ResourceOptions(provider=provider))
+        self._vpc = Vpc("vpc", VpcArgs(prefix=s.prefix, cidr=s.vpc_cidr, zones=s.zones, nat_per_zone=s.nat_per_zone),
+                        opts=self._opts)
+        self._eks = EksCluster(
+            "eks",
+            EksClusterArgs(
+                name=s.prefix, region=s.region, kubernetes_version=s.kubernetes_version,
+                private_endpoint=s.private_endpoint, authorized_networks=s.authorized_networks,
+                subnet_ids=[subnet.id for subnet in self._vpc.private_subnets], node_pools=s.node_pools,
+                key_arn=self._key.arn, log_retention_days=s.log_retention_days, storage_class=s.storage_class,
+                protect=s.protect,
+            ),
+            opts=self._opts,
+        )
+        self._registry = Registry(
+            "registry",
+            RegistryArgs(namespace=s.registry, images=s.registry_images, key_arn=self._key.arn,
+                         force_delete=not s.protect, protect=s.protect),
+            opts=self._opts,
+        )
+        return Cluster(provider=self._eks.provider, name=self._eks.cluster.name, storage_class=s.storage_class,
+                       kubeconfig=self._eks.kubeconfig)
+
+    def data_services(
+        self, cluster: Cluster, namespace: pulumi.Output[str], clients: Sequence[BucketAccess]
+    ) -> tuple[Database, ObjectStore]:
+        s = self.settings
+        if self._eks is None or self._vpc is None or self._key is None:
+            raise RuntimeError("EksPlatform.cluster() must be called before data_services()")
+        self._buckets = Buckets(
+            "buckets",
+            BucketsArgs(prefixes=s.buckets, key_arn=self._key.arn, noncurrent_version_days=s.noncurrent_version_days,
+                        force_destroy=not s.protect, protect=s.protect),
+            opts=self._opts,
+        )
+        database = RdsPostgres(
+            "database",
+            RdsArgs(
+                identifier=f"{s.prefix}-postgres", spec=s.database, max_storage_gi=s.max_storage_gi,
+                subnet_ids=[subnet.id for subnet in self._vpc.private_subnets], vpc_id=self._vpc.vpc.id,
+                client_security_group=self._eks.cluster.vpc_config.cluster_security_group_id,
+                key_arn=self._key.arn, namespace=namespace, client_image=s.client_image,
+                k8s_provider=cluster.provider, protect=s.protect,
+            ),
+            opts=self._opts,
+        )
+        for client in clients:
+            self._identity(client)
+        store = ObjectStore(
+            scheme="s3",
+            buckets={purpose: bucket.bucket for purpose, bucket in self._buckets.buckets.items()},
+            region=s.region,
+            ready=self._buckets,
+        )
+        return database.database, store
+
+    def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
+        return self._identity(access).annotations
+
+    @property
+    def registry_url(self) -> pulumi.Input[str] | None:
+        return self._registry.url if self._registry is not None else None
+
+    def _identity(self, access: BucketAccess) -> ServiceAccountRole:
+        """The client's IRSA role, created on first use (for any namespace/service account pair)."""
+        if access.client in self._identities:
+            return self._identities[access.client]
+        if self._buckets is None or self._eks is None or self._key is None:
+            raise RuntimeError("EksPlatform.data_services() must be called before identity_annotations()")
+        role = ServiceAccountRole(
+            f"identity-{access.client}",
+            ServiceAccountRoleArgs(
+                role_name=f"{self.settings.prefix}-{access.client}", oidc=self._eks.oidc,
+                namespace=access.namespace, service_account=access.service_account,
+                bucket_arns=[self._buckets.buckets[b].arn for b in access.buckets], key_arn=self._key.arn,
+                write=access.write,
+            ),
+            opts=self._opts,
+        )
+        self._identities[access.client] = role
+        return role
