@@ -1,0 +1,1 @@
+"""Per-user next-day hourly electricity consumption forecast (K-Means profiles + Random Forest)."""
