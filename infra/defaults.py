@@ -19,6 +19,8 @@ POSTGRES_EXPORTER_IMAGE = {"repository": "quay.io/prometheuscommunity/postgres-e
 AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
 # Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers);
 # `make up` builds it into minikube, CI pushes it to the stack's registry.
+# GitHub's runner image; bump with each runner release (GitHub refuses runners older than ~30 days).
+RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"}
 MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
 
 BASE: dict[str, Any] = {
@@ -84,6 +86,19 @@ BASE: dict[str, Any] = {
             "kubeStateMetrics": {"cpu": "20m", "memory": "64Mi", "memoryLimit": "256Mi"},
             "nodeExporter": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
             "small": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+        },
+    },
+    "ci": {
+        "runners": {
+            "enabled": False,
+            "scaleSetName": "mlops-stack",
+            "minRunners": 0,
+            "maxRunners": 2,
+            "chartVersion": "0.14.2",
+            "runnerImage": RUNNER_IMAGE,
+            "deployScope": "serving",
+            "resources": {"cpu": "250m", "memory": "512Mi", "memoryLimit": "2Gi"},
+            "controllerResources": {"cpu": "20m", "memory": "64Mi", "memoryLimit": "256Mi"},
         },
     },
 }

@@ -12,12 +12,15 @@ from pydantic import SecretStr
 from infra.config import ModelSourceConfig, ServedModelConfig, StackConfig
 from infra.platforms import make_platform
 from modules import kube
+from modules.ci.github import GithubOidc
+from modules.ci.rbac import ModelDeployerAccess
+from modules.ci.runners import GithubRunners, RunnersArgs
 from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls
 from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
 from modules.monitoring import Monitoring, MonitoringArgs, ScrapeTarget
 from modules.namespaces import Namespaces, NamespacesArgs
-from modules.platform.contract import BucketAccess, ObjectStore
+from modules.platform.contract import BucketAccess, ObjectStore, Platform
 from modules.serving.contract import (
     Autoscaling,
     CustomImage,
@@ -91,6 +94,8 @@ def declare(config: StackConfig) -> None:
     engine = _serving_engine(config, gateway, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
 
+    _ci(config, platform, namespaces.names["serving"], k8s_opts)
+
     scheme = "https" if config.gateway.tls.enabled else "http"
     pulumi.export("platform", config.platform)
     pulumi.export("environment", config.environment)
@@ -110,6 +115,39 @@ def declare(config: StackConfig) -> None:
         pulumi.export("kubeconfig", cluster.kubeconfig)
     if platform.registry_url is not None:
         pulumi.export("registryUrl", platform.registry_url)
+
+
+def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str],
+        opts: pulumi.ResourceOptions) -> None:
+    """Keyless identities for GitHub Actions (clouds) and in-cluster runners (any cluster)."""
+    github = config.ci.github
+    if github is not None:
+        identities = platform.ci_identities(GithubOidc(
+            repository=github.repository,
+            deploy_ref=github.deploy_ref,
+            infra_environment=github.infra_environment or (
+                "production" if config.environment == "prod" else config.environment),
+            models_environment=github.models_environment or f"models-{pulumi.get_stack()}",
+            aws_provider_arn=github.aws_oidc_provider_arn,
+        ))
+        ModelDeployerAccess("ci-model-deployer", serving_ns, [identities.model_deployer], opts=opts)
+        pulumi.export("ciIdentities", identities.outputs)
+    r = config.ci.runners
+    if r.enabled:
+        assert r.github_config_url is not None and r.github_token is not None  # checked by the config model
+        GithubRunners("ci-runners", RunnersArgs(
+            chart_version=r.chart_version,
+            github_config_url=r.github_config_url,
+            github_token=pulumi.Output.secret(r.github_token.get_secret_value()),
+            scale_set_name=r.scale_set_name,
+            min_runners=r.min_runners,
+            max_runners=r.max_runners,
+            runner_image=r.runner_image.ref,
+            runner_resources=r.resources.to_k8s(),
+            controller_resources=r.controller_resources.to_k8s(),
+            deploy_scope=r.deploy_scope,
+            serving_namespace=serving_ns,
+        ), opts=opts)
 
 
 def _secret_or_generated(name: str, configured: SecretStr | None, protect: bool) -> pulumi.Output[str]:

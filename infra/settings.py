@@ -17,7 +17,8 @@ from infra.defaults import CLOUD_SECTION, deep_merge, with_defaults
 
 PROJECT = "mlops-stack"
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
-SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"))
+SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"),
+                ("ci", "runners", "githubToken"))
 
 
 class ConfigError(Exception):
@@ -105,6 +106,16 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{PROJECT}:{key}: got {given}; {message}"
 
 
+def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at `path`, or None where any part is missing."""
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
 def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
     """Checks that span keys or depend on how a value was stored."""
     problems = []
@@ -121,9 +132,14 @@ def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
             f"{PROJECT}:kubernetes.context: missing; platform 'existing' needs the kubeconfig "
             "context of the cluster (see `kubectl config get-contexts`)"
         )
+    ci = merged.get("ci")
+    if isinstance(ci, dict) and ci.get("github") is not None and platform not in CLOUD_SECTION:
+        problems.append(
+            f"{PROJECT}:ci.github: set, but platform is {json.dumps(platform)}; keyless cloud identities "
+            "exist only on gke and eks: allowed unset here (use ci.runners for in-cluster runners)"
+        )
     for path in SECRET_PATHS:
-        section = merged.get(path[0])
-        if isinstance(section, dict) and section.get(path[1]) is not None and path[0] not in secret_top:
+        if _lookup(merged, path) is not None and path[0] not in secret_top:
             problems.append(
                 f"{PROJECT}:{'.'.join(path)}: stored in plain text; allowed: an encrypted value, set "
                 f"with `pulumi config set --secret --path '{'.'.join(path)}' <value>`"

@@ -124,6 +124,7 @@ class _Recorder(mocks.MockMonitor):
 
 
 FAKE_ACCOUNT = "123456789012"  # AWS account id in computed ARNs and URLs
+FAKE_PROJECT_NUMBER = "123456789"  # Google project number in computed resource names
 FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCnBsYW4tcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
 
@@ -138,8 +139,14 @@ def _computed(typ: str, i: dict[str, Any], region: str) -> dict[str, Any]:
         email = f"{i['accountId']}@{i['project']}.iam.gserviceaccount.com"
         return {"email": email, "member": f"serviceAccount:{email}",
                 "name": f"projects/{i['project']}/serviceAccounts/{email}"}
+    if typ == "gcp:iam/workloadIdentityPool:WorkloadIdentityPool":
+        return {"name": f"projects/{FAKE_PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+                        f"{i['workloadIdentityPoolId']}"}
+    if typ == "gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider":
+        return {"name": f"projects/{FAKE_PROJECT_NUMBER}/locations/global/workloadIdentityPools/"
+                        f"{i['workloadIdentityPoolId']}/providers/{i['workloadIdentityPoolProviderId']}"}
     if typ == "aws:eks/cluster:Cluster":
-        return {"endpoint": f"https://0123456789ABCDEF.gr7.{region}.eks.amazonaws.com",
+        return {"arn": f"arn:aws:eks:{region}:{FAKE_ACCOUNT}:cluster/{i['name']}","endpoint": f"https://0123456789ABCDEF.gr7.{region}.eks.amazonaws.com",
                 "certificateAuthority": {"data": FAKE_CA},
                 "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/0123456789ABCDEF"}]}],
                 "vpcConfig": {**i.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-0eks0cluster0"}}
@@ -155,7 +162,8 @@ def _computed(typ: str, i: dict[str, Any], region: str) -> dict[str, Any]:
         bucket = i.get("bucket") or i["bucketPrefix"] + "20260101000000000000000001"  # provider's unique suffix
         return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
     if typ == "aws:ecr/repository:Repository":
-        return {"repositoryUrl": f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{i['name']}"}
+        return {"repositoryUrl": f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{i['name']}",
+                "arn": f"arn:aws:ecr:{region}:{FAKE_ACCOUNT}:repository/{i['name']}"}
     if typ == "aws:ec2/launchTemplate:LaunchTemplate":
         return {"latestVersion": 1}
     return {}

@@ -176,8 +176,9 @@ def test_gke_cluster_is_private_with_workload_identity_and_no_default_pool(plan_
         assert config["workloadMetadataConfig"]["mode"] == "GKE_METADATA"
         assert config["serviceAccount"].startswith(f"{node_account}@")  # never the Compute Engine default
         assert pool["inputs"]["autoscaling"]["minNodeCount"] <= pool["inputs"]["autoscaling"]["maxNodeCount"]
-    roles = {r["inputs"]["role"] for r in of(plan, "gcp:projects/iAMMember:IAMMember")}
-    assert roles == {"roles/container.defaultNodeServiceAccount"}  # nobody gets a project-wide data role
+    # nobody gets a project-wide data role (the GitHub Actions identities: tests/test_ci_identities.py)
+    roles = {r["inputs"]["role"] for r in of(plan, "gcp:projects/iAMMember:IAMMember") if "-ci-" not in r["inputs"]["member"]}
+    assert roles == {"roles/container.defaultNodeServiceAccount"}
 
 
 def test_cloud_sql_has_no_public_ip_and_requires_tls(plan_of):
@@ -287,9 +288,11 @@ def subnets(plan: Plan, kind: str) -> dict[str, dict]:
 def test_eks_declares_the_platform_core(plan_of):
     plan = plan_of("eks")
     for token in ("aws:ec2/vpc:Vpc", "aws:ec2/internetGateway:InternetGateway", "aws:eks/cluster:Cluster",
-                  "aws:iam/openIdConnectProvider:OpenIdConnectProvider", "aws:rds/instance:Instance",
-                  "aws:kms/key:Key", "aws:cloudwatch/logGroup:LogGroup"):
+                  "aws:rds/instance:Instance", "aws:kms/key:Key", "aws:cloudwatch/logGroup:LogGroup"):
         only(plan, token)
+    issuers = {r["inputs"]["url"] for r in of(plan, "aws:iam/openIdConnectProvider:OpenIdConnectProvider")}
+    assert issuers == {"https://oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF",  # IRSA
+                       "https://token.actions.githubusercontent.com"}  # GitHub Actions
     assert {r["inputs"]["addonName"] for r in of(plan, "aws:eks/addon:Addon")} == {
         "vpc-cni", "coredns", "kube-proxy", "aws-ebs-csi-driver"}
     assert len(subnets(plan, "private")) == len(subnets(plan, "public")) == 3

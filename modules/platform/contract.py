@@ -14,6 +14,8 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
+from modules.ci.github import CiIdentities, GithubOidc
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -88,6 +90,10 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         """Annotations for the client's Kubernetes service account (workload identity); {} if none."""
+
+    def ci_identities(self, github: GithubOidc) -> CiIdentities:
+        """Cloud identities GitHub Actions jobs of `github.repository` assume without keys."""
+        raise NotImplementedError(f"{type(self).__name__} has no cloud identities; use in-cluster runners")
 
     @property
     def metrics_services(self) -> Sequence[str]:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from modules.ci.github import CiIdentities, GithubOidc
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
 from modules.platform.eks.cluster import EksCluster, EksClusterArgs
 from modules.platform.eks.database import RdsArgs, RdsPostgres
+from modules.platform.eks.github import GithubRoles, GithubRolesArgs
 from modules.platform.eks.identity import ServiceAccountRole, ServiceAccountRoleArgs
 from modules.platform.eks.network import Vpc, VpcArgs
 from modules.platform.eks.storage import Buckets, BucketsArgs, Registry, RegistryArgs
@@ -127,6 +129,14 @@ class EksPlatform(Platform):
 
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return self._identity(access).annotations
+
+    def ci_identities(self, github: GithubOidc) -> CiIdentities:
+        if self._eks is None or self._registry is None or self._key is None:
+            raise RuntimeError("EksPlatform.cluster() must be called before ci_identities()")
+        return GithubRoles("github", GithubRolesArgs(prefix=self.settings.prefix, github=github,
+                                                     cluster=self._eks.cluster,
+                                                     repositories=self._registry.repositories,
+                                                     key_arn=self._key.arn), opts=self._opts).identities
 
     @property
     def registry_url(self) -> pulumi.Input[str] | None:

@@ -101,10 +101,11 @@ class Registry(pulumi.ComponentResource):
     """One ECR repository per image under `namespace`; `url` is the prefix: `<url>/<image>:<tag>`."""
 
     url: pulumi.Output[str]
+    repositories: list[aws.ecr.Repository]
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:Registry", name, None, opts)
-        repositories = [
+        self.repositories = repositories = [
             aws.ecr.Repository(
                 f"{name}-{image}",
                 name=f"{args.namespace}/{image}",

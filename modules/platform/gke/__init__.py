@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from modules.ci.github import CiIdentities, GithubOidc
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
 from modules.platform.gke.cluster import GkeCluster, GkeClusterArgs
 from modules.platform.gke.database import CloudSqlArgs, CloudSqlPostgres
+from modules.platform.gke.github import GithubFederation, GithubFederationArgs
 from modules.platform.gke.identity import WorkloadIdentity, WorkloadIdentityArgs
 from modules.platform.gke.network import Network, NetworkArgs
 from modules.platform.gke.storage import Buckets, BucketsArgs, Registry, RegistryArgs
@@ -134,6 +136,14 @@ class GkePlatform(Platform):
 
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return self._identity(access).annotations
+
+    def ci_identities(self, github: GithubOidc) -> CiIdentities:
+        if self._registry is None:
+            raise RuntimeError("GkePlatform.cluster() must be called before ci_identities()")
+        s = self.settings
+        return GithubFederation("github", GithubFederationArgs(project=s.project, prefix=s.prefix, github=github,
+                                                               repository=self._registry.repository),
+                                opts=self._opts).identities
 
     @property
     def registry_url(self) -> pulumi.Input[str] | None:

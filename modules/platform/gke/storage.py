@@ -66,10 +66,11 @@ class Registry(pulumi.ComponentResource):
     """A Docker repository; `url` is the prefix images are pushed under: `<url>/<image>:<tag>`."""
 
     url: pulumi.Output[str]
+    repository: gcp.artifactregistry.Repository
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:gcp:Registry", name, None, opts)
-        repository = gcp.artifactregistry.Repository(
+        self.repository = repository = gcp.artifactregistry.Repository(
             name,
             repository_id=args.repository_id,
             location=args.region,

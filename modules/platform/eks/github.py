@@ -1,0 +1,107 @@
+"""GitHub Actions → AWS without keys: the account's IAM OIDC provider for GitHub and one role per
+CI purpose whose trust policy accepts only the exact token subjects of that purpose (repository +
+ref or protected environment). Cluster access goes through EKS access entries, not aws-auth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from modules.ci.github import AUDIENCE_AWS, ISSUER, CiIdentities, GithubOidc
+
+AWS_POLICY = "arn:aws:iam::aws:policy/"
+ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/"
+MODEL_DEPLOYERS = "mlops-model-deployers"  # Kubernetes group of the `models` role (RBAC in serving)
+# `pulumi up` of the whole platform creates VPCs, IAM roles, KMS keys and clusters: administration
+# of the account, so `infra` trusts only the protected GitHub environment.
+MANAGED_POLICIES = {"preview": ["ReadOnlyAccess"], "infra": ["AdministratorAccess"], "models": []}
+CLUSTER_ACCESS = {"preview": "AmazonEKSAdminViewPolicy", "infra": "AmazonEKSClusterAdminPolicy"}
+ECR_PUSH = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:CompleteLayerUpload",
+            "ecr:InitiateLayerUpload", "ecr:PutImage", "ecr:UploadLayerPart", "ecr:DescribeImages"]
+
+
+@dataclass(frozen=True)
+class GithubRolesArgs:
+    prefix: str
+    github: GithubOidc
+    cluster: aws.eks.Cluster
+    repositories: Sequence[aws.ecr.Repository]  # `models` pushes here
+    key_arn: pulumi.Input[str]  # the repositories' KMS key
+
+
+def trust_policy(provider_arn: str, subjects: Sequence[str]) -> str:
+    host = ISSUER.removeprefix("https://")
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": provider_arn},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {f"{host}:aud": AUDIENCE_AWS, f"{host}:sub": list(subjects)}},
+        }],
+    })
+
+
+def _models_policy(values: list[str]) -> str:
+    cluster_arn, key_arn, *repository_arns = values
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "RegistryLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {"Sid": "Push", "Effect": "Allow", "Action": ECR_PUSH, "Resource": repository_arns},
+            {"Sid": "RegistryKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+             "Resource": key_arn},
+            {"Sid": "Kubeconfig", "Effect": "Allow", "Action": "eks:DescribeCluster", "Resource": cluster_arn},
+        ],
+    })
+
+
+class GithubRoles(pulumi.ComponentResource):
+    identities: CiIdentities
+
+    def __init__(self, name: str, args: GithubRolesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:aws:GithubRoles", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        provider_arn: pulumi.Input[str]
+        if args.github.aws_provider_arn:
+            provider_arn = args.github.aws_provider_arn  # an account has one provider per issuer URL
+        else:
+            provider_arn = aws.iam.OpenIdConnectProvider(
+                name, url=ISSUER, client_id_lists=[AUDIENCE_AWS], opts=child).arn
+        roles = {}
+        for purpose, subjects in args.github.subjects().items():
+            role = aws.iam.Role(
+                f"{name}-{purpose}", name=f"{args.prefix}-ci-{purpose}", max_session_duration=3600,
+                description=f"GitHub Actions ({purpose}) of {args.github.repository}",
+                assume_role_policy=pulumi.Output.from_input(provider_arn).apply(
+                    lambda arn, subjects=subjects: trust_policy(arn, subjects)),
+                opts=child)
+            for policy in MANAGED_POLICIES[purpose]:
+                aws.iam.RolePolicyAttachment(f"{name}-{purpose}-{policy}", role=role.name,
+                                             policy_arn=AWS_POLICY + policy, opts=child)
+            roles[purpose] = role
+        aws.iam.RolePolicy(
+            f"{name}-models", role=roles["models"].name, name="push-and-deploy",
+            policy=pulumi.Output.all(args.cluster.arn, args.key_arn, *(r.arn for r in args.repositories))
+            .apply(_models_policy),
+            opts=child)
+        for purpose, policy in CLUSTER_ACCESS.items():
+            entry = aws.eks.AccessEntry(f"{name}-{purpose}", cluster_name=args.cluster.name,
+                                        principal_arn=roles[purpose].arn, type="STANDARD", opts=child)
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-{purpose}", cluster_name=args.cluster.name, principal_arn=roles[purpose].arn,
+                policy_arn=ACCESS_POLICY + policy,
+                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]))
+        # `models` has no access policy: its group is bound to the model-deployer Role in serving only
+        aws.eks.AccessEntry(f"{name}-models", cluster_name=args.cluster.name, principal_arn=roles["models"].arn,
+                            type="STANDARD", kubernetes_groups=[MODEL_DEPLOYERS], opts=child)
+        self.identities = CiIdentities(
+            outputs={f"{purpose}RoleArn": role.arn for purpose, role in roles.items()},
+            model_deployer={"kind": "Group", "name": MODEL_DEPLOYERS, "api_group": "rbac.authorization.k8s.io"},
+        )
+        self.register_outputs(dict(self.identities.outputs))
