@@ -25,3 +25,4 @@ class WorkloadContext:
     database_secret: pulumi.Input[str] | None = None  # Secret with DATABASE_KEY (workload tables)
     service_account: pulumi.Input[str] | None = None  # its cloud identity may read the model bucket
     timezone: str = "Europe/Madrid"  # CronJob spec.timeZone, set explicitly
+    pushgateway_url: pulumi.Input[str] | None = None  # where batch jobs push quality gauges (none: logs only)
