@@ -88,6 +88,30 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from mlops import smoke
+
+    try:
+        outputs = (json.loads(Path(args.outputs).read_text()) if args.outputs
+                   else smoke.stack_outputs(args.stack, str(ROOT)))
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"mlops smoke: {error}", file=sys.stderr)
+        return 2
+
+    def get(url: str, auth: tuple[str, str] | None) -> smoke.Reply:
+        return smoke.http_get(url, auth, args.timeout, verify_tls=not args.insecure)
+
+    checks = smoke.run_checks(outputs, get)
+    print(smoke.render(checks))
+    return 0 if checks and all(c.ok for c in checks) else 1
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from mlops.cost.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("--format", choices=("markdown", "text"), default="text", help="output format (default: text)")
     diff.add_argument("--out", help="write the diff to this file instead of stdout")
     diff.set_defaults(run=cmd_diff)
+
+    smoke = commands.add_parser("smoke", help="check a deployed stack end to end (MLflow, Grafana, models)")
+    smoke.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    smoke.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+    smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    smoke.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+    smoke.set_defaults(run=cmd_smoke)
+
+    cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
+    from mlops.cost.cli import add_arguments
+
+    add_arguments(cost, stacks)
+    cost.set_defaults(run=cmd_cost)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -3,6 +3,8 @@ basic auth, registry aliases and Prometheus metrics — started with the compone
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import numpy as np
 import psycopg2
@@ -10,7 +12,7 @@ import pytest
 import requests
 
 from mlops.models import resolve
-from tests.services import mlflow_server, postgres, s3_api
+from tests.services import free_port, mlflow_server, postgres, s3_api
 
 pytestmark = pytest.mark.integration
 BUCKET = "mlflow-artifacts"
@@ -88,3 +90,43 @@ def test_prometheus_metrics_are_exposed(services, client_env):
     response = requests.get(f"{server.url}/metrics", auth=(server.username, server.password), timeout=10)
     assert response.status_code == 200
     assert "mlflow_http_request_total" in response.text, response.text[:500]
+
+
+# ---- `mlops smoke` against the real server ------------------------------------------------------
+
+def _smoke(tmp_path, outputs: dict, capsys) -> tuple[int, str]:
+    from mlops.cli import main
+
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
+    code = main(["smoke", "--stack", "dev", "--outputs", str(path), "--timeout", "5"])
+    return code, capsys.readouterr().out
+
+
+def test_smoke_passes_on_a_healthy_mlflow(services, tmp_path, capsys):
+    _, _, server = services
+    code, out = _smoke(tmp_path, {"mlflowUrl": server.url, "mlflowAdminUsername": server.username,
+                                  "mlflowAdminPassword": server.password}, capsys)
+    assert code == 0, out
+    assert "3/3 checks passed" in out and "ok   mlflow refuses anonymous API calls" in out
+
+
+def test_smoke_fails_on_a_wrong_password_and_an_unreachable_service(services, tmp_path, capsys):
+    _, _, server = services
+    closed = f"http://127.0.0.1:{free_port()}"
+    code, out = _smoke(tmp_path, {"mlflowUrl": server.url, "mlflowAdminUsername": server.username,
+                                  "mlflowAdminPassword": "wrong", "grafanaUrl": closed,
+                                  "modelUrls": {"neo": f"{closed}/seldon/serving/neo/v2/models/model/infer"}}, capsys)
+    assert code == 1
+    assert "FAIL mlflow admin login" in out and "HTTP 401" in out
+    assert "FAIL grafana health" in out and "FAIL model neo ready" in out
+    assert f"{closed}/seldon/serving/neo/v2/health/ready" in out
+    assert "2/5 checks passed" in out
+
+
+def test_smoke_finds_the_readiness_endpoint_of_both_protocols():
+    from mlops.smoke import model_ready_url
+
+    base = "http://models.localtest.me/seldon/serving"
+    assert model_ready_url(f"{base}/neo/v2/models/model/infer") == f"{base}/neo/v2/health/ready"
+    assert model_ready_url(f"{base}/mnist/api/v1.0/predictions") == f"{base}/mnist/api/v1.0/health/status"
