@@ -304,3 +304,15 @@ def test_cost_diff_against_head_lists_the_lines_a_stack_change_moves(tmp_path):
     assert text.count("(instance-hour)") == 1 and "node pool" not in text  # nothing else moved
     assert "exclude discounts, taxes" in text
     assert git(repo, "worktree", "list").count("\n") == 1
+
+
+def test_pull_requests_get_the_cost_diff_in_the_infra_diff_comment():
+    workflows = ROOT / ".github" / "workflows"
+    preview = yaml.safe_load((workflows / "infra-preview.yml").read_text())
+    steps = preview["jobs"]["offline-diff"]["steps"]
+    run = "\n".join(s.get("run", "") for s in steps)
+    assert "mlops cost --base HEAD^1 --format markdown --out cost-diff.md" in run
+    assert "cp cost-diff.md infra-diff/cost.md" in run
+    assert "pricing/**" in preview[True]["pull_request"]["paths"]  # PyYAML reads the key `on` as True
+    comment = (workflows / "infra-preview-comment.yml").read_text()
+    assert "infra-diff/cost.md" in comment
