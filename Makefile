@@ -18,8 +18,14 @@ $(VENV)/bin/python:
 venv: $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -e .
 
-test-deps: $(VENV)/bin/python
+test-deps: $(VENV)/bin/python $(VENV)/bin/checkov
 	$(VENV)/bin/pip install --quiet -e ".[test]"
+
+# checkov's own pins clash with the project's: a separate virtualenv, linked into .venv/bin
+$(VENV)/bin/checkov: policy/checkov-requirements.txt | $(VENV)/bin/python
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install --quiet -r policy/checkov-requirements.txt
+	ln -sf $(CURDIR)/$(VENV)/tools/checkov/bin/checkov $(VENV)/bin/checkov
 
 test: test-deps
 	$(VENV)/bin/python -m pytest

@@ -77,3 +77,17 @@ def env(values: Mapping[str, pulumi.Input[str]]) -> list[dict[str, Any]]:
 def child(parent: pulumi.Resource, **kw: Any) -> pulumi.ResourceOptions:
     """Options for a component's child; the Kubernetes provider is inherited from the component."""
     return pulumi.ResourceOptions(parent=parent, **kw)
+
+
+def ingress_policy(name: str, namespace: pulumi.Input[str], component: str, pods: str,
+                   rules: list[dict[str, Any]], opts: pulumi.ResourceOptions) -> None:
+    """A NetworkPolicy admitting only `rules` to the pods named `pods`; no rules = no ingress at all
+    (one-shot Jobs, which nothing calls)."""
+    import pulumi_kubernetes as k8s
+
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-ingress",
+        metadata=metadata(f"{pods}-ingress", namespace, component),
+        spec={"pod_selector": {"match_labels": selector(pods)}, "policy_types": ["Ingress"], "ingress": rules},
+        opts=opts,
+    )

@@ -230,6 +230,7 @@ class InClusterPostgres(pulumi.ComponentResource):
             "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
             "security_context": kube.CONTAINER_SECURITY,
             "readiness_probe": kube.http_probe("/metrics", "metrics", period=30),
+            "liveness_probe": kube.http_probe("/metrics", "metrics", period=60, failures=5),
         }
 
     def _backup(

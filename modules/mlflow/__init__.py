@@ -137,6 +137,7 @@ class Mlflow(pulumi.ComponentResource):
                     "spec": {
                         "restart_policy": "OnFailure",
                         "service_account_name": account.metadata.name,
+                        "automount_service_account_token": False,
                         "security_context": kube.pod_security(UID),
                         "containers": [
                             {
@@ -180,6 +181,12 @@ class Mlflow(pulumi.ComponentResource):
             },
             opts=kube.child(self),
         )
+        # the server port from anywhere in the cluster (gateway, Prometheus, training Jobs, CI);
+        # nothing else, and nothing at all to the migration Job
+        kube.ingress_policy(f"{name}-server", args.namespace, "tracking", "mlflow",
+                            [{"from_": [{"namespace_selector": {}}], "ports": [{"port": PORT, "protocol": "TCP"}]}],
+                            kube.child(self))
+        kube.ingress_policy(f"{name}-migrate", args.namespace, "tracking", "mlflow-db-upgrade", [], kube.child(self))
         if args.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
@@ -224,6 +231,7 @@ class Mlflow(pulumi.ComponentResource):
              env: list[dict[str, Any]]) -> dict[str, Any]:
         pod: dict[str, Any] = {
             "service_account_name": account,
+            "automount_service_account_token": False,  # MLflow never calls the Kubernetes API
             "security_context": kube.pod_security(UID),
             "containers": [
                 {

@@ -249,6 +249,8 @@ class SeaweedFs(pulumi.ComponentResource):
             },
             opts=kube.child(self, depends_on=[statefulset]),
         )
+        kube.ingress_policy(f"{name}-buckets", args.namespace, "objectstore", "seaweedfs-buckets", [],
+                            kube.child(self))
         self.endpoint_url = pulumi.Output.concat(
             "http://", service.metadata.name, ".", args.namespace, f".svc.cluster.local:{S3_PORT}"
         )

@@ -153,4 +153,6 @@ class RdsPostgres(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(replace_on_changes=["spec"],
                                                                            delete_before_replace=True)),
         )
+        kube.ingress_policy(f"{name}-create-databases", args.namespace, "database", "postgres-create-databases", [],
+                            opts)
         return [job]
