@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser, stacks: str) -> None:
     parser.add_argument("--usage", type=Path, help="usage file overriding pricing/usage.default.yaml")
     parser.add_argument("--out", help="write the report to this file instead of stdout")
     parser.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
+    parser.add_argument("--refresh", action="store_true",
+                        help="first update pricing/ from the AWS Price List and Cloud Billing Catalog APIs "
+                             "(needs AWS credentials, GOOGLE_API_KEY and network)")
     parser.add_argument("--base", help="git ref: print the cost diff of the working tree against it "
                                        "(formats: table or markdown)")
 
@@ -56,6 +59,17 @@ def run(args: argparse.Namespace) -> int:
         _emit(render_cost_markdown(diff) if args.format == "markdown" else render_cost_text(diff), args.out)
         print(f"cost diff against {args.base!r} in {time.perf_counter() - started:.2f} s", file=sys.stderr)
         return 0 if diff.ok else 1
+    if args.refresh:
+        from mlops.cost.prices import price_file
+        from mlops.cost.refresh import refresh
+
+        for target in ("eks", "gke"):
+            try:
+                print(refresh(target), file=sys.stderr)
+            except Exception as error:  # noqa: BLE001 (credentials, network, API answers: all reported alike)
+                print(f"mlops cost --refresh: {target}: {type(error).__name__}: {error}", file=sys.stderr)
+                return 2
+        price_file.cache_clear()
     if len(args.stack) != 1:
         print("mlops cost: one --stack at a time (several only with --base)", file=sys.stderr)
         return 2
