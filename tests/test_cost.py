@@ -145,7 +145,8 @@ def test_compare_mode_never_gives_less_capacity_than_the_stack_needs(stack, usag
     needs = needs_of(stack, config, usage, requests, tco.sizing.target_utilisation)
     for est in (price_gke(needs, usage), price_eks(needs, usage)):
         assert est.vcpu >= needs.vcpu - 1e-9 and est.memory_gib >= needs.memory_gib - 1e-9, est.target
-        tier = line(est, "Cloud SQL instance" if est.target == "gke" else "RDS instance").item.split(" × ")[1].split()[0]
+        database = line(est, "Cloud SQL instance" if est.target == "gke" else "RDS instance")
+        tier = database.item.split(" × ")[1].split()[0]
         vcpu, memory = (cloud_sql_shape(tier) if est.target == "gke" else
                         (AWS["databases"][tier]["vcpu"], AWS["databases"][tier]["memoryGib"]))
         assert vcpu >= needs.database.vcpu and memory >= needs.database.memory_gib
@@ -316,3 +317,9 @@ def test_pull_requests_get_the_cost_diff_in_the_infra_diff_comment():
     assert "pricing/**" in preview[True]["pull_request"]["paths"]  # PyYAML reads the key `on` as True
     comment = (workflows / "infra-preview-comment.yml").read_text()
     assert "infra-diff/cost.md" in comment
+
+
+def test_the_cost_diff_needs_no_stack_and_rejects_an_unknown_ref():
+    result = subprocess.run([sys.executable, "-m", "mlops", "cost", "--base", "no-such-ref"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown git ref 'no-such-ref'" in result.stderr

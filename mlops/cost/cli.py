@@ -25,7 +25,7 @@ def _targets(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, stacks: str) -> None:
-    parser.add_argument("--stack", action="append", required=True,
+    parser.add_argument("--stack", action="append",
                         help=f"one of: {stacks} (repeatable with --base; default there: every stack)")
     parser.add_argument("--compare", type=_targets, default=[], help="also price on these targets: gke,eks,onprem")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"mlops cost --refresh: {target}: {type(error).__name__}: {error}", file=sys.stderr)
                 return 2
         price_file.cache_clear()
-    if len(args.stack) != 1:
-        print("mlops cost: one --stack at a time (several only with --base)", file=sys.stderr)
+    if not args.stack or len(args.stack) != 1:
+        print("mlops cost: give one --stack (several, or none for every stack, only with --base)", file=sys.stderr)
         return 2
     from mlops.cost.report import RENDERERS, build_report
 

@@ -81,7 +81,8 @@ def cost_against_ref(base_ref: str, stacks: list[str] | None = None, repo: Path 
         raise DiffError(f"unknown git ref {base_ref!r} (in CI, fetch it: actions/checkout with fetch-depth 0 or 2)")
     head_sha = _git(repo, "rev-parse", "--short=12", "HEAD")
     dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
-    result = CostDiff(f"`{base_ref}` (`{base_sha[:12]}`)", f"`{head_sha}`" + (" + uncommitted changes" if dirty else ""))
+    head_label = f"`{head_sha}`" + (" + uncommitted changes" if dirty else "")
+    result = CostDiff(f"`{base_ref}` (`{base_sha[:12]}`)", head_label)
     scratch = Path(tempfile.mkdtemp(prefix="mlops-cost-"))
     tree = scratch / "base"
     try:

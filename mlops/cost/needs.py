@@ -133,7 +133,8 @@ def _cloud_needs(stack: str, config: StackConfig, usage: Usage) -> Needs:
     database = Database(shape.vcpu, shape.memory_gib, aws.database.storage_gi, aws.database.high_availability,
                         backups, aws.database.instance_class)
     nat = 1 if aws.nat_gateways == "single" else zones
-    return Needs(stack, "eks", config.environment, True, zones, tuple(pools), database, nat_gateways=nat,
+    ha = aws.nat_gateways == "perZone" or aws.database.high_availability  # EKS always spans 2+ zones
+    return Needs(stack, "eks", config.environment, ha, zones, tuple(pools), database, nat_gateways=nat,
                  log_retention_days=aws.log_retention_days, **common)
 
 

@@ -112,7 +112,8 @@ def gcp_prices(skus: list[dict[str, Any]], region: str) -> dict[str, float]:
                    and "Custom" not in s["description"] and "Sole Tenancy" not in s["description"]]
         prices = {round(unit_price(s), 9) for s in matches}
         if len(prices) != 1:
-            raise RefreshError(f"{key}: expected one on-demand {prefix!r} SKU in {region}, got {sorted(prices) or 'none'}")
+            raise RefreshError(f"{key}: expected one on-demand {prefix!r} SKU in {region}, "
+                               f"got {sorted(prices) or 'none'}")
         found[key] = prices.pop()
     return found
 

@@ -76,6 +76,9 @@ def build_report(stack: str, compare: list[Target] | None = None, usage_path: Pa
     needs = needs_of(stack, config, usage, requests, tco.sizing.target_utilisation)
     targets = [own, *[t for t in (compare or []) if t != own]]
     estimates = [pricer(t, usage, tco)(needs) for t in targets]
+    if config.platform == "minikube":
+        estimates[0].notes.append("platform minikube runs on a workstation: 'onprem' prices the same needs on "
+                                  "servers of pricing/onprem.yaml, as a shared dev cluster would need")
     assumptions = _flatten("", usage.model_dump(by_alias=True, exclude={"onprem"}))
     assumptions += _needs_assumptions(needs)
     if "onprem" in targets:
@@ -149,7 +152,8 @@ def _break_even_rows(report: Report) -> list[list[str]]:
 
 def _price_lines(report: Report) -> list[str]:
     return [f"{t}: {info['file']} ({info['region']}), prices taken {info['taken']}; {info['unverified']} of its "
-            "prices not verified against the source page (marked `verified: false`)" for t, info in report.prices.items()]
+            "prices not verified against the source page (marked `verified: false`)"
+            for t, info in report.prices.items()]
 
 
 def _text_table(rows: list[list[str]]) -> list[str]:
@@ -157,7 +161,8 @@ def _text_table(rows: list[list[str]]) -> list[str]:
     numeric = [all(_is_number(row[i]) for row in rows[1:] if row[i]) for i in range(len(widths))]
     out = []
     for index, row in enumerate(rows):
-        cells = [cell.rjust(w) if numeric[i] and index else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        cells = [cell.rjust(w) if numeric[i] and index else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
         out.append("  ".join(cells).rstrip())
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
@@ -198,7 +203,8 @@ def render_markdown(report: Report) -> str:
     lines = [f"## Cost of stack `{report.stack}` ({report.platform}, {report.environment})", "",
              f"> {DISCLAIMER}", "", *[f"- {p}" for p in _price_lines(report)], "", *_md_table(_summary_rows(report))]
     for e in report.estimates:
-        lines += ["", f"### {e.target} ({e.region}, {e.source})", "", *_md_table(_line_rows(e))]
+        lines += ["", f"### {e.target} ({e.region}, {e.source})", "", *_md_table(_line_rows(e)),
+                  *[f"\n_{note}_" for note in e.notes]]
     if report.break_even:
         lines += ["", "### Break-even", "", "Node capacity scaled; database and storage as configured.", "",
                   *_md_table(_break_even_rows(report))]
@@ -211,8 +217,8 @@ def to_json(report: Report) -> dict[str, Any]:
     return {
         "stack": report.stack, "platform": report.platform, "environment": report.environment,
         "disclaimer": DISCLAIMER, "prices": report.prices,
-        "estimates": [{"target": e.target, "region": e.region, "source": e.source, "vcpu": e.vcpu,
-                       "memoryGib": e.memory_gib, "total": round(e.total, 2),
+        "estimates": [{"target": e.target, "region": e.region, "source": e.source, "notes": e.notes,
+                       "vcpu": e.vcpu, "memoryGib": e.memory_gib, "total": round(e.total, 2),
                        "lines": [{**asdict(line), "key": line.key, "monthly": round(line.monthly, 4)}
                                  for line in e.lines]} for e in report.estimates],
         "breakEven": [asdict(b) for b in report.break_even],
@@ -245,7 +251,7 @@ def render_html(report: Report) -> str:
               f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, png in images]
     for e in report.estimates:
         parts += [f"<h2>{html.escape(e.target)} ({html.escape(e.region)}, {html.escape(e.source)})</h2>",
-                  _html_table(_line_rows(e))]
+                  _html_table(_line_rows(e)), *[f"<p>{html.escape(note)}</p>" for note in e.notes]]
     if report.break_even:
         parts += ["<h2>Break-even</h2><p>Node capacity scaled; database and storage as configured.</p>",
                   _html_table(_break_even_rows(report))]
