@@ -278,7 +278,14 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-def test_cost_diff_against_head_lists_the_lines_a_stack_change_moves(tmp_path):
+def commit(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-q", "-m", message)
+
+
+@pytest.fixture
+def project_repo(tmp_path) -> Path:
+    """A fresh repository holding this checkout's program, cost model, prices and stacks."""
     repo = tmp_path / "repo"
     listed = git(ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "--",
                  "infra", "mlops", "pricing", "stacks", "Pulumi.yaml")
@@ -287,8 +294,12 @@ def test_cost_diff_against_head_lists_the_lines_a_stack_change_moves(tmp_path):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             (repo / name).write_bytes((ROOT / name).read_bytes())
     git(tmp_path, "init", "-q", "-b", "main", str(repo))
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.name=test", "-c", "user.email=test@example.invalid", "commit", "-q", "-m", "base")
+    commit(repo, "base")
+    return repo
+
+
+def test_cost_diff_against_head_lists_the_lines_a_stack_change_moves(project_repo, tmp_path):
+    repo = project_repo
     stack_file = repo / "stacks" / "Pulumi.eks.yaml"
     document = yaml.safe_load(stack_file.read_text())
     document["config"]["mlops-stack:aws"]["database"] = {"instanceClass": "db.m6g.xlarge"}
@@ -301,7 +312,8 @@ def test_cost_diff_against_head_lists_the_lines_a_stack_change_moves(tmp_path):
     text = out.read_text()
     delta = 2 * (AWS["databases"]["db.m6g.xlarge"]["price"] - AWS["databases"]["db.m6g.large"]["price"]) * HOURS
     assert text.startswith("<!-- mlops-cost -->")
-    assert f"| RDS instance (instance-hour) | 245.28 | 490.56 | {delta:+,.2f} |" in text
+    large, xlarge = (2 * AWS["databases"][c]["price"] * HOURS for c in ("db.m6g.large", "db.m6g.xlarge"))
+    assert f"| RDS instance (instance-hour) | {large:,.2f} | {xlarge:,.2f} | {delta:+,.2f} |" in text
     assert text.count("(instance-hour)") == 1 and "node pool" not in text  # nothing else moved
     assert "exclude discounts, taxes" in text
     assert git(repo, "worktree", "list").count("\n") == 1
@@ -323,3 +335,18 @@ def test_the_cost_diff_needs_no_stack_and_rejects_an_unknown_ref():
     result = subprocess.run([sys.executable, "-m", "mlops", "cost", "--base", "no-such-ref"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown git ref 'no-such-ref'" in result.stderr
+
+
+def test_a_base_without_the_cost_model_is_reported_not_priced_as_zero(project_repo):
+    cost = project_repo / "mlops" / "cost"
+    moved = project_repo.parent / "cost"
+    cost.rename(moved)
+    commit(project_repo, "before mlops cost")
+    moved.rename(cost)
+    commit(project_repo, "mlops cost")
+    result = subprocess.run([sys.executable, "-m", "mlops", "cost", "--base", "HEAD~1", "--stack", "gke"],
+                            cwd=project_repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    head = build_report("gke").estimates[0].total
+    assert f"gke: — → {head:,.2f} USD/month (—)" in result.stdout  # nothing invented for the base
+    assert "no `mlops cost` at this commit" in result.stdout and "~ " not in result.stdout

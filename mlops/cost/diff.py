@@ -29,7 +29,7 @@ class StackCost:
     base: dict | None = None  # the own-target estimate of `mlops cost --format json`
     head: dict | None = None
     error: str | None = None
-    base_note: str | None = None
+    base_note: str | None = None  # why the base has no price: new stack, no cost model, or its error
 
     @property
     def changes(self) -> list[tuple[str, float, float]]:
@@ -60,14 +60,14 @@ class CostDiff:
 
 def _cost_in(tree: Path, stack: str, out: Path) -> tuple[dict | None, str | None]:
     """(own-target estimate, None) or (None, why not) for `stack` priced by the code in `tree`."""
+    if not (tree / "mlops" / "cost").is_dir():  # else an editable install would lend it today's package
+        return None, "no `mlops cost` at this commit"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
     command = [sys.executable, "-m", "mlops", "cost", "--stack", stack, "--format", "json", "--out", str(out)]
     result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     if result.returncode == 0:
         return json.loads(out.read_text())["estimates"][0], None
-    if "invalid choice: 'cost'" in result.stderr:
-        return None, "no `mlops cost` at this commit"
     tail = "\n".join(result.stderr.strip().splitlines()[-15:])
     return None, f"`mlops cost --stack {stack}` failed (exit {result.returncode}):\n{tail}"
 
@@ -127,6 +127,9 @@ def render_cost_markdown(diff: CostDiff) -> str:
         if s.error:
             lines += ["", f"### `{s.stack}`: cost failed", "", "```text", s.error, "```"]
             continue
+        if s.base_note and "\n" in s.base_note:
+            lines += ["", f"### `{s.stack}`: base not priced", "", "```text", s.base_note, "```"]
+            continue
         if s.base_note:
             lines += ["", f"_`{s.stack}`: base not priced ({s.base_note})._"]
             continue
@@ -146,6 +149,7 @@ def render_cost_text(diff: CostDiff) -> str:
         head = s.head["total"] if s.head else None
         lines.append(f"{s.stack}: {_usd(base)} → {_usd(head)} USD/month ({_delta(base, head)})")
         if s.error or s.base_note:
-            lines.append(f"  {s.error or s.base_note}")
+            lines += [f"  {line}" for line in (s.error or s.base_note).splitlines()]
+            continue
         lines += [f"  ~ {k}: {_usd(old)} → {_usd(new)} ({new - old:+,.2f})" for k, old, new in s.changes]
     return "\n".join(lines) + "\n"
