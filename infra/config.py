@@ -124,6 +124,7 @@ class Namespaces(Model):
     mlflow: str
     serving: str
     monitoring: str
+    workloads: str = Field(description="training and batch Jobs of the demo workloads")
 
     @field_validator("*")
     @classmethod
@@ -311,6 +312,45 @@ class MonitoringConfig(Model):
     def _retention(cls, v: str) -> str:
         if not re.match(r"^\d+(h|d|w|y)$", v):
             raise ValueError("a duration such as '12h', '2d', '15d' or '4w' is allowed")
+        return v
+
+
+def _cron(v: str) -> str:
+    if not _CRON.match(v):
+        raise ValueError("a cron expression with 5 fields such as '0 11 * * *' is allowed")
+    return v
+
+
+class EnergyWorkloadConfig(Model):
+    """Next-day consumption forecasts: training Job, daily prod/pre forecasts, daily MAPE monitor."""
+
+    enabled: bool = Field(default=False, description="deploy the energy workload")
+    image: Image = Field(description="image built from workloads/energy/Dockerfile (CI tags it with the git SHA)")
+    schedule: str = Field(description="cron of the daily forecasts (energy-prod / energy-pre)")
+    monitor_schedule: str = Field(description="cron of the daily MAPE monitor")
+    demo_data: bool = Field(description="the training Job first writes synthetic readings")
+    latitude: float | None = Field(default=None, ge=-90, le=90, description="site, for Open-Meteo forecasts")
+    longitude: float | None = Field(default=None, ge=-180, le=180, description="site, for Open-Meteo forecasts")
+
+    @field_validator("schedule", "monitor_schedule")
+    @classmethod
+    def _schedules(cls, v: str) -> str:
+        return _cron(v)
+
+
+class WorkloadsConfig(Model):
+    time_zone: str = Field(description="IANA zone of every workload CronJob (spec.timeZone)")
+    pushgateway_image: Image
+    pushgateway_resources: Resources
+    energy: EnergyWorkloadConfig
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import available_timezones
+
+        if v not in available_timezones():
+            raise ValueError("an IANA time zone such as 'Europe/Madrid' or 'Etc/UTC' is allowed")
         return v
 
 
@@ -751,6 +791,7 @@ class StackConfig(Model):
     serving: ServingConfig
     monitoring: MonitoringConfig
     ci: CiConfig
+    workloads: WorkloadsConfig
     gcp: GcpConfig | None = None
     aws: AwsConfig | None = None
 

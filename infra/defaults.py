@@ -19,6 +19,7 @@ POSTGRES_EXPORTER_IMAGE = {"repository": "quay.io/prometheuscommunity/postgres-e
 AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
 # Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers);
 # `make up` builds it into minikube, CI pushes it to the stack's registry.
+PUSHGATEWAY_IMAGE = {"repository": "quay.io/prometheus/pushgateway", "tag": "v1.11.1"}
 # GitHub's runner image; bump with each runner release (GitHub refuses runners older than ~30 days).
 RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"}
 MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
@@ -30,6 +31,7 @@ BASE: dict[str, Any] = {
         "mlflow": "mlflow",
         "serving": "serving",
         "monitoring": "monitoring",
+        "workloads": "ml-workloads",
     },
     "database": {
         "image": POSTGRES_IMAGE,
@@ -86,6 +88,17 @@ BASE: dict[str, Any] = {
             "kubeStateMetrics": {"cpu": "20m", "memory": "64Mi", "memoryLimit": "256Mi"},
             "nodeExporter": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
             "small": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+        },
+    },
+    "workloads": {
+        "timeZone": "Europe/Madrid",  # the energy source's site; CronJobs run at local time
+        "pushgatewayImage": PUSHGATEWAY_IMAGE,
+        "pushgatewayResources": {"cpu": "10m", "memory": "32Mi", "memoryLimit": "128Mi"},
+        "energy": {
+            "image": {"repository": "mlops-stack/energy", "tag": "0.1.0"},
+            "schedule": "0 11 * * *",
+            "monitorSchedule": "0 10 * * *",
+            "demoData": True,
         },
     },
     "ci": {

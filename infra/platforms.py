@@ -16,6 +16,8 @@ from infra.settings import bucket_names, name_prefix
 from modules.mlflow import AUTH_DATABASE
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import Platform
+
+WORKLOADS_DATABASE = "workloads"  # readings, weather and predictions of the energy workload
 from modules.platform.incluster import InClusterPlatform, InClusterSettings
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         database_image=db.image.ref,
         database_storage_gi=db.storage_gi,
         database_resources=db.resources.to_k8s(),
-        extra_databases=[AUTH_DATABASE],
+        extra_databases=extra_databases(config),
         backup=backup,
         store_image=store.image.ref,
         store_storage_gi=store.storage_gi,
@@ -63,7 +65,13 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         buckets=store.buckets.model_dump(),
         exporter_image=db.exporter_image.ref,
         monitoring_namespace=config.namespaces.monitoring,
+        database_namespaces=[config.namespaces.workloads] if config.workloads.energy.enabled else [],
     )
+
+
+def extra_databases(config: StackConfig) -> list[str]:
+    """Databases beside MLflow's, same owner: MLflow's auth store, and the workloads' tables."""
+    return [AUTH_DATABASE, *([WORKLOADS_DATABASE] if config.workloads.energy.enabled else [])]
 
 
 def _labels(config: StackConfig) -> dict[str, str]:
@@ -75,7 +83,8 @@ def _labels(config: StackConfig) -> dict[str, str]:
 def _postgres_spec(config: StackConfig, version: str, size: str, storage_gi: int, ha: bool) -> ManagedPostgresSpec:
     db = config.database
     return ManagedPostgresSpec(
-        database=db.name, username=db.username, extra_databases=(AUTH_DATABASE,), version=version, size=size,
+        database=db.name, username=db.username, extra_databases=tuple(extra_databases(config)),
+        version=version, size=size,
         storage_gi=storage_gi, high_availability=ha,
         backup_days=db.backup.retention_days if db.backup.enabled else 1,
         point_in_time_recovery=db.backup.enabled,

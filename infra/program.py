@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from infra.config import ModelSourceConfig, ServedModelConfig, StackConfig
 from infra.platforms import make_platform
+from infra.workloads import declare_workloads
 from modules import kube
 from modules.ci.github import GithubOidc
 from modules.ci.rbac import ModelDeployerAccess
@@ -46,6 +47,7 @@ def declare(config: StackConfig) -> None:
             "mlflow": (ns.mlflow, "restricted"),
             "serving": (ns.serving, "baseline"),
             "monitoring": (ns.monitoring, "privileged"),  # node-exporter reads the host
+            **({"workloads": (ns.workloads, "restricted")} if config.workloads.energy.enabled else {}),
         }),
         opts=k8s_opts,
     )
@@ -89,7 +91,11 @@ def declare(config: StackConfig) -> None:
 
     grafana_password = _secret_or_generated(
         "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
-    _monitoring(config, namespaces, platform.metrics_services, admin_password, grafana_password, k8s_opts)
+    monitoring = _monitoring(config, namespaces, platform.metrics_services, admin_password, grafana_password,
+                             k8s_opts)
+    if "workloads" in namespaces.names:
+        declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
+                          admin_password, database, k8s_opts, after=[mlflow, monitoring])
 
     engine = _serving_engine(config, gateway, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)

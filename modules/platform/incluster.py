@@ -39,6 +39,7 @@ class InClusterSettings:
     buckets: Mapping[str, str]  # purpose -> bucket name
     exporter_image: str | None = None
     monitoring_namespace: str | None = None  # may scrape the data services' metrics ports
+    database_namespaces: Sequence[str] = ()  # reach PostgreSQL without bucket access (workload Jobs)
 
 
 class InClusterPlatform(Platform):
@@ -98,7 +99,7 @@ class InClusterPlatform(Platform):
                 username=s.database_user,
                 storage_gi=s.database_storage_gi,
                 resources=s.database_resources,
-                client_namespaces=client_namespaces,
+                client_namespaces=[*client_namespaces, *s.database_namespaces],
                 storage_class=s.storage_class,
                 extra_databases=s.extra_databases,
                 backup=backup,

@@ -1,0 +1,60 @@
+"""The demo workloads on the platform: their namespace, the Secrets they read, the Pushgateway their
+monitors push to, and each enabled workload's component (`workloads/<name>/deploy.py`).
+
+Workloads log to MLflow as its admin user (MLflow's basic auth has no declarative users yet: a
+per-workload account would be created through its REST API after `pulumi up`).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import StackConfig
+from infra.platforms import WORKLOADS_DATABASE
+from modules import kube
+from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
+from modules.platform.contract import Database
+from workloads.common.deploy import DATABASE_KEY, TRACKING_KEYS, WorkloadContext
+from workloads.energy.deploy import EnergyArgs, EnergyWorkload
+
+
+def _database_url(db: Database) -> pulumi.Output[str]:
+    return pulumi.Output.format(
+        "postgresql://{0}:{1}@{2}:{3}/{4}?sslmode={5}", db.username,
+        pulumi.Output.from_input(db.password).apply(lambda p: quote(p, safe="")), db.host, db.port,
+        WORKLOADS_DATABASE, db.sslmode)
+
+
+def _secret(name: str, namespace: pulumi.Input[str], data: dict[str, pulumi.Input[str]],
+            opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    secret = k8s.core.v1.Secret(
+        name, metadata=kube.metadata(name, namespace, "workloads"), type="Opaque",
+        string_data={k: pulumi.Output.secret(v) for k, v in data.items()}, opts=opts)
+    return secret.metadata.name
+
+
+def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitoring_namespace: pulumi.Input[str],
+                      tracking_uri: pulumi.Input[str], admin_password: pulumi.Input[str], database: Database,
+                      opts: pulumi.ResourceOptions, after: list[pulumi.Resource]) -> None:
+    """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring)."""
+    w = config.workloads
+    if not w.energy.enabled:
+        return
+    tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
+                                                                              admin_password))), opts)
+    pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
+        namespace=monitoring_namespace, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
+        pusher_namespaces=[namespace], monitoring_namespace=monitoring_namespace,
+    ), opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)))
+    e = w.energy
+    EnergyWorkload("energy", EnergyArgs(
+        context=WorkloadContext(
+            namespace=namespace, image=e.image.ref, tracking_uri=tracking_uri, tracking_secret=tracking,
+            database_secret=_secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts),
+            timezone=w.time_zone, pushgateway_url=pushgateway.url),
+        schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
+        latitude=e.latitude, longitude=e.longitude,
+    ), opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)))

@@ -1,0 +1,88 @@
+"""The platform side of the workloads: with `workloads.energy.enabled`, a stack gets the workload
+namespace, Secrets instead of literal credentials, a Pushgateway Prometheus scrapes with the pushed
+labels, the workloads database, and network access to PostgreSQL — and the result validates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlops.plan import Plan, run_program, stack_config
+from mlops.validate import validate_plan
+
+ENERGY = {"energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab"}}}
+
+
+def plan_with_energy(stack: str) -> Plan:
+    values, secret_keys = stack_config(stack)
+    return run_program(stack, ({**values, "mlops-stack:workloads": json.dumps(ENERGY)}, secret_keys),
+                       reveal_secrets=True)
+
+
+@pytest.fixture(scope="module")
+def dev() -> Plan:
+    return plan_with_energy("dev")
+
+
+def test_disabled_by_default(plan_of):
+    plan = plan_of("dev")
+    assert not [o for o in plan.kubernetes_objects if o["metadata"].get("namespace") == "ml-workloads"]
+    assert not any(o["kind"] == "Deployment" and o["metadata"]["name"] == "pushgateway" for o in plan.kubernetes_objects)
+
+
+def test_energy_objects_land_in_the_workload_namespace(dev):
+    namespace = dev.manifest("Namespace", "ml-workloads")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    crons = {o["metadata"]["name"]: o for o in dev.kubernetes_objects if o["kind"] == "CronJob"}
+    assert {"energy-prod", "energy-pre", "energy-monitor"} <= set(crons)
+    assert all(c["spec"]["timeZone"] == "Europe/Madrid" for n, c in crons.items() if n.startswith("energy"))
+    assert crons["energy-prod"]["spec"]["schedule"] == "0 11 * * *"
+    job = dev.manifest("Job", "energy-train", "ml-workloads")
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/my-org/energy:3f2c1ab"
+
+
+def test_credentials_come_only_from_secrets(dev):
+    secrets = {o["metadata"]["name"]: o["stringData"] for o in dev.kubernetes_objects
+               if o["kind"] == "Secret" and o["metadata"]["namespace"] == "ml-workloads"}
+    assert set(secrets["mlflow-client"]) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    url = secrets["workloads-database"]["DATABASE_URL"]
+    assert url.startswith("postgresql://mlflow:") and url.endswith("/workloads?sslmode=disable")
+    energy = [o for o in dev.kubernetes_objects if o["kind"] in ("Job", "CronJob")
+              and o["metadata"]["namespace"] == "ml-workloads"]
+    assert len(energy) == 4
+    for obj in energy:
+        spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+        for container in spec["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            for name in ("DATABASE_URL", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] in secrets
+
+
+def test_workloads_database_exists_and_postgres_admits_the_namespace(dev):
+    postgres = dev.manifest("StatefulSet", "postgres", "mlops-platform")
+    env = {e["name"]: e.get("value") for c in postgres["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert "workloads" in env["EXTRA_DATABASES"].split()
+    policy = dev.manifest("NetworkPolicy", "postgres-ingress", "mlops-platform")
+    sources = [s.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+               for rule in policy["spec"]["ingress"] for s in rule["from"]]
+    assert "ml-workloads" in sources
+
+
+def test_pushgateway_is_scraped_with_the_pushed_labels_and_only_workloads_push(dev):
+    monitor = dev.manifest("ServiceMonitor", "pushgateway", "monitoring")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    policy = dev.manifest("NetworkPolicy", "pushgateway-ingress", "monitoring")
+    sources = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for s in policy["spec"]["ingress"][0]["from"]}
+    assert sources == {"monitoring", "ml-workloads"}
+    monitor_cron = dev.manifest("CronJob", "energy-monitor", "ml-workloads")
+    assert "http://pushgateway.monitoring.svc.cluster.local:9091" in json.dumps(monitor_cron)
+
+
+@pytest.mark.parametrize("stack", ["dev", "eks"])
+def test_stack_with_energy_validates(stack, dev):
+    plan = dev if stack == "dev" else plan_with_energy(stack)
+    report = validate_plan(plan, "1.34")
+    assert report.ok, report.render()
