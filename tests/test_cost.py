@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,13 @@ def test_a_base_without_the_cost_model_is_reported_not_priced_as_zero(project_re
     head = build_report("gke").estimates[0].total
     assert f"gke: — → {head:,.2f} USD/month (—)" in result.stdout  # nothing invented for the base
     assert "no `mlops cost` at this commit" in result.stdout and "~ " not in result.stdout
+
+
+def test_cloud_nat_bills_per_vm_up_to_32_then_a_flat_rate(usage):
+    needs = needs_of("gke", load_config("gke"), usage)
+    flat = price(GCP, "nat.gateway-max") * HOURS
+    for nodes, expected in ((10, 10 * price(GCP, "nat.vm") * HOURS), (40, flat)):
+        scaled = replace(needs, pools=tuple(replace(p, nodes=nodes / 2) for p in needs.pools))
+        est = price_gke(scaled, usage)
+        assert line(est, "Cloud NAT", "VM-hour").monthly == pytest.approx(expected)
+        assert line(est, "Cloud NAT", "address-hour").monthly == pytest.approx(price(GCP, "nat.ip") * HOURS)

@@ -190,8 +190,13 @@ def price_gke(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
             backup_gib if db.backups else 0, "GiB-month", p["sql.backup"].price, "sql.backup")
     _shared_lines(est, needs, usage, p, {"stored": "gcs.standard", "writes": "gcs.class-a", "reads": "gcs.class-b"})
     vms = sum(pool.nodes for pool in pools)
-    est.add("Cloud NAT", f"{vms:g} VMs behind the gateway", "network", min(vms, 32) * hours, "VM-hour",
-            p["nat.vm"].price, "nat.vm")
+    if vms <= 32:
+        est.add("Cloud NAT", f"{vms:g} VMs behind the gateway", "network", vms * hours, "VM-hour",
+                p["nat.vm"].price, "nat.vm")
+    else:
+        est.add("Cloud NAT", f"{vms:g} VMs behind the gateway (over 32: flat rate)", "network", hours, "VM-hour",
+                p["nat.gateway-max"].price, "nat.gateway-max")
+    est.add("Cloud NAT", "external IP address", "network", hours, "address-hour", p["nat.ip"].price, "nat.ip")
     est.add("Cloud NAT", "data processed", "network", usage.network.nat_processed_gib, "GiB", p["nat.data"].price,
             "nat.data")
     if needs.load_balancers:
