@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -83,7 +83,7 @@ def declare(config: StackConfig) -> None:
         opts=k8s_opts,
     )
 
-    gateway = _gateway(config, k8s_opts)
+    gateway = _gateway(config, platform.gateway_service_annotations, k8s_opts)
     domain = config.gateway.domain
     gateway.route(Route("mlflow", f"mlflow.{domain}", namespaces.names["mlflow"], "mlflow", MLFLOW_PORT))
     gateway.route(Route("grafana", f"grafana.{domain}", namespaces.names["monitoring"],
@@ -164,7 +164,8 @@ def _secret_or_generated(name: str, configured: SecretStr | None, protect: bool)
     return pulumi.Output.secret(generated.result)
 
 
-def _gateway(config: StackConfig, opts: pulumi.ResourceOptions) -> IstioGateway:
+def _gateway(config: StackConfig, service_annotations: Mapping[str, str],
+             opts: pulumi.ResourceOptions) -> IstioGateway:
     g = config.gateway
     tls = None
     if g.tls.enabled:
@@ -181,6 +182,7 @@ def _gateway(config: StackConfig, opts: pulumi.ResourceOptions) -> IstioGateway:
             gateway_resources=g.gateway_resources.to_k8s(),
             gateway_replicas=g.replicas,
             tls=tls,
+            service_annotations=service_annotations,
         ),
         opts=opts,
     )

@@ -510,3 +510,11 @@ def test_rds_database_job_script_creates_databases_idempotently():
     finally:
         subprocess.run([*as_postgres, pg_ctl, "-D", str(root / "data"), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_eks_gateway_gets_a_network_load_balancer(plan_of):
+    releases = {r["inputs"]["chart"]: r["inputs"] for r in plan_of("eks").of_type("kubernetes:helm.sh/v3:Release")}
+    service = releases["gateway"]["values"]["service"]
+    assert service["annotations"] == {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+    gke = {r["inputs"]["chart"]: r["inputs"] for r in plan_of("gke").of_type("kubernetes:helm.sh/v3:Release")}
+    assert gke["gateway"]["values"]["service"]["annotations"] == {}  # GKE: a passthrough network LB already

@@ -254,10 +254,11 @@ def price_eks(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
     est.add("NAT gateways", "data processed", "network", usage.network.nat_processed_gib, "GiB", p["nat.data"].price,
             "nat.data")
     if needs.load_balancers:
-        est.add("load balancer (gateway)", "Classic Load Balancer", "network", needs.load_balancers * hours,
-                "LB-hour", p["lb.classic"].price, "lb.classic")
-        est.add("load balancer (gateway)", "data processed", "network", usage.network.load_balancer_gib, "GiB",
-                p["lb.classic.data"].price, "lb.classic.data")
+        est.add("load balancer (gateway)", "Network Load Balancer", "network", needs.load_balancers * hours,
+                "LB-hour", p["lb.nlb"].price, "lb.nlb")
+        # TCP: one NLCU carries 1 GB processed per hour, the dimension a gateway's traffic hits first
+        est.add("load balancer (gateway)", "NLCUs for data processed", "network", usage.network.load_balancer_gib,
+                "NLCU-hour", p["lb.nlb.lcu"].price, "lb.nlb.lcu")
     if needs.monitoring_gib:
         est.add("monitoring storage", f"Prometheus volume {needs.monitoring_gib} GiB", "observability",
                 needs.monitoring_gib, "GiB-month", p["ebs.gp3"].price, "ebs.gp3")

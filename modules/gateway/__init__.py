@@ -9,7 +9,7 @@ No sidecars are injected: the platform uses Istio as an edge gateway, not as a m
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pulumi
@@ -52,6 +52,7 @@ class IstioGatewayArgs:
     gateway_resources: Mapping[str, Any]
     gateway_replicas: int
     tls: Tls | None = None
+    service_annotations: Mapping[str, str] = field(default_factory=dict)  # the cloud's load balancer type
 
 
 class IstioGateway(pulumi.ComponentResource):
@@ -88,7 +89,7 @@ class IstioGateway(pulumi.ComponentResource):
             "replicaCount": args.gateway_replicas,
             "autoscaling": {"enabled": False},
             "resources": dict(args.gateway_resources),
-            "service": {"type": args.service_type},
+            "service": {"type": args.service_type, "annotations": dict(args.service_annotations)},
             "labels": {"istio": "ingressgateway"},
         }, [istiod])
         self.ready = ingress

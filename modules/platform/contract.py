@@ -96,6 +96,11 @@ class Platform(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no cloud identities; use in-cluster runners")
 
     @property
+    def gateway_service_annotations(self) -> Mapping[str, str]:
+        """Annotations for the gateway's LoadBalancer Service (which load balancer the cloud makes)."""
+        return {}
+
+    @property
     def metrics_services(self) -> Sequence[str]:
         """Data services running in the cluster with a `metrics` port for Prometheus to scrape; the
         clouds' managed databases and buckets report to Cloud Monitoring / CloudWatch instead."""

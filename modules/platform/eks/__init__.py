@@ -139,6 +139,11 @@ class EksPlatform(Platform):
                                                      key_arn=self._key.arn), opts=self._opts).identities
 
     @property
+    def gateway_service_annotations(self) -> Mapping[str, str]:
+        # a Network Load Balancer (layer 4, TLS ends at Istio) instead of the legacy Classic one
+        return {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+
+    @property
     def registry_url(self) -> pulumi.Input[str] | None:
         return self._registry.url if self._registry is not None else None
 
