@@ -1,0 +1,1 @@
+"""Hazardous near-Earth-object classifier (experiment `Hazardous_NEOs`, registered model `NEOs`)."""
