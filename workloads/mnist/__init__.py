@@ -1,0 +1,1 @@
+"""Handwritten digits: the source's small CNN in PyTorch (registered model `mnist`)."""
