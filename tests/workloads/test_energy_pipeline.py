@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 
+import mlflow
 import pandas as pd
 import psycopg
 import pytest
@@ -88,6 +89,8 @@ def test_train_register_predict_and_monitor(env, pushgateway, tmp_path, capsys):
     run = client.get_run(champion.run_id)
     assert run.data.metrics["mape"] < run.data.metrics["naive_mape"]
     assert run.data.params["data"] == "database"
+    signature = mlflow.models.get_model_info(f"models:/{train.MODEL_NAME}@champion").signature
+    assert [c.name for c in signature.inputs.inputs] == model.FEATURES
 
     # the two CronJobs' commands
     predict.main(["--alias", "champion", "--table", "energy_prod", "--day", str(DAY.date())])

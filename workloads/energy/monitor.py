@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("--database-url or $DATABASE_URL is required")
+    if args.pair and not all("=" in p for p in args.pair):
+        parser.error("--pair takes ALIAS=TABLE, e.g. champion=energy_prod")
     pairs = dict(p.split("=", 1) for p in args.pair) if args.pair else DEFAULT_PAIRS
     day = pd.Timestamp(args.day) if args.day else yesterday(args.timezone)
     with store.connect(args.database_url) as conn:
