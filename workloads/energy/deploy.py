@@ -93,8 +93,11 @@ class EnergyWorkload(pulumi.ComponentResource):
                 "active_deadline_seconds": 3600,
                 "template": self._pod("energy-train", [train], [seed] if args.demo_data else []),
             },
-            # a new image or setting means a new training run: replace the (immutable) Job
-            opts=kube.child(self, replace_on_changes=["spec"], delete_before_replace=True),
+            # a new image or setting means a new training run: replace the (immutable) Job. `pulumi up`
+            # waits for it (and reports a failed training) up to the Job's own deadline, not the
+            # provider's default 10 minutes; the CronJobs come after it, so they never run modelless.
+            opts=kube.child(self, replace_on_changes=["spec"], delete_before_replace=True,
+                            custom_timeouts=pulumi.CustomTimeouts(create="65m", update="65m")),
         )
         weather = (["--latitude", str(args.latitude), "--longitude", str(args.longitude)]
                    if args.latitude is not None else [])
