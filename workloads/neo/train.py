@@ -67,8 +67,6 @@ def run(source: str, tracking_uri: str | None = None, register: bool = False, al
         }
         if result.grouped_cv_f1_mean is not None:
             metrics["grouped_cv_f1_mean"] = result.grouped_cv_f1_mean
-        for score in result.scores:
-            metrics |= {f"candidates/{score.name}/{k}": v for k, v in asdict(score).items() if k != "name"}
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"features": list(prepared.X.columns), "dropped": prepared.dropped}, "preprocessing.json")
         example = result.X_test.head(3)
@@ -86,6 +84,10 @@ def run(source: str, tracking_uri: str | None = None, register: bool = False, al
             # these are the types of the model trained just above, so they are ours to trust.
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(result.model)),
         )
+        # after log_model, which links every metric logged so far to the model (one request each):
+        # the candidates' scores describe the selection, not the registered model
+        mlflow.log_metrics({f"candidates/{score.name}/{k}": v
+                            for score in result.scores for k, v in asdict(score).items() if k != "name"})
     version = info.registered_model_version
     if version is not None:
         alias = alias or first_champion_then_challenger(MODEL_NAME)
