@@ -12,7 +12,6 @@ Every CronJob sets `spec.timeZone` explicitly (the platform's zone, by default E
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,24 +19,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from modules import kube
-from workloads.common.deploy import DATABASE_KEY, TRACKING_KEYS, WorkloadContext
+from workloads.common.deploy import DATABASE_KEY, PodTemplate, Resources, WorkloadContext, require_pinned, tracking_env
 
 UID = 10001  # the image's non-root user (workloads/energy/Dockerfile)
 COMPONENT = "energy"
 MODEL_NAME = "energy-forecast"  # = workloads.energy.train.MODEL_NAME (not imported: keeps mlflow out of the program)
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Requests (what the scheduler reserves) and a memory limit; no CPU limit, so a short batch job
-    may use idle CPU instead of being throttled."""
-
-    cpu: str
-    memory: str
-    memory_limit: str
-
-    def spec(self) -> dict[str, Any]:
-        return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": {"memory": self.memory_limit}}
 
 
 @dataclass(frozen=True)
@@ -53,10 +39,7 @@ class EnergyArgs:
 
 
 def _check(args: EnergyArgs) -> None:
-    image = args.context.image
-    tag = image.rsplit("/", 1)[-1]
-    if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
-        raise ValueError(f"energy image {image!r}: pin it by tag (not 'latest') or digest")
+    require_pinned(args.context.image, "energy")
     if args.context.database_secret is None:
         raise ValueError("energy workload: WorkloadContext.database_secret is required (readings and predictions live in PostgreSQL)")
     if (args.latitude is None) != (args.longitude is None):
@@ -74,31 +57,19 @@ class EnergyWorkload(pulumi.ComponentResource):
         _check(args)
         self._args = args
         ctx = args.context
+        self._pods = PodTemplate(ctx, COMPONENT, UID, tmp_size="1Gi")
         self._env = [
-            {"name": "MLFLOW_TRACKING_URI", "value": ctx.tracking_uri},
-            *(kube.secret_env(key, ctx.tracking_secret, key) for key in TRACKING_KEYS),
+            *tracking_env(ctx),
             kube.secret_env("DATABASE_URL", ctx.database_secret, DATABASE_KEY),
             {"name": "TZ", "value": ctx.timezone},
-            {"name": "HOME", "value": "/tmp"},
         ]
         train = self._container("train", ["python", "-m", "workloads.energy.train", "--from-database", "--register"],
                                 args.train_resources)
         seed = self._container("seed-demo-data", ["python", "-m", "workloads.energy.ingest", "--synthetic"],
                                args.batch_resources)
-        job = k8s.batch.v1.Job(
-            f"{name}-train",
-            metadata=kube.metadata("energy-train", ctx.namespace, COMPONENT),
-            spec={
-                "backoff_limit": 2,
-                "active_deadline_seconds": 3600,
-                "template": self._pod("energy-train", [train], [seed] if args.demo_data else []),
-            },
-            # a new image or setting means a new training run: replace the (immutable) Job. `pulumi up`
-            # waits for it (and reports a failed training) up to the Job's own deadline, not the
-            # provider's default 10 minutes; the CronJobs come after it, so they never run modelless.
-            opts=kube.child(self, replace_on_changes=["spec"], delete_before_replace=True,
-                            custom_timeouts=pulumi.CustomTimeouts(create="65m", update="65m")),
-        )
+        # the CronJobs come after the training Job, so they never run modelless
+        job = self._pods.training_job(self, f"{name}-train", "energy-train", [train], 3600,
+                                      init_containers=[seed] if args.demo_data else [])
         weather = (["--latitude", str(args.latitude), "--longitude", str(args.longitude)]
                    if args.latitude is not None else [])
         crons = [
@@ -118,30 +89,7 @@ class EnergyWorkload(pulumi.ComponentResource):
         self.register_outputs({"job_name": self.job_name, "cron_job_names": self.cron_job_names})
 
     def _container(self, name: str, command: list[str], resources: Resources) -> dict[str, Any]:
-        return {
-            "name": name,
-            "image": self._args.context.image,
-            "command": command,
-            "env": list(self._env),
-            "resources": resources.spec(),
-            "security_context": kube.CONTAINER_SECURITY,
-            "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
-        }
-
-    def _pod(self, app: str, containers: list[dict], init_containers: Sequence[dict] = ()) -> dict[str, Any]:
-        ctx = self._args.context
-        spec: dict[str, Any] = {
-            "restart_policy": "Never",  # a failed run is retried as a new pod (backoff_limit), logs kept
-            "automount_service_account_token": False,
-            "security_context": kube.pod_security(UID),
-            "containers": containers,
-            "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "1Gi"}}],
-        }
-        if init_containers:
-            spec["init_containers"] = list(init_containers)
-        if ctx.service_account is not None:
-            spec["service_account_name"] = ctx.service_account
-        return {"metadata": {"labels": kube.labels(app, COMPONENT)}, "spec": spec}
+        return self._pods.container(name, command, self._env, resources)
 
     def _cron(self, logical: str, app: str, schedule: str, container: dict[str, Any],
               depends_on: list[pulumi.Resource]) -> k8s.batch.v1.CronJob:  # fmt: skip
@@ -157,7 +105,7 @@ class EnergyWorkload(pulumi.ComponentResource):
                 "failed_jobs_history_limit": 3,
                 "job_template": {
                     "spec": {"backoff_limit": 2, "active_deadline_seconds": 1800,
-                             "template": self._pod(app, [container])}
+                             "template": self._pods.template(app, [container])}
                 },
             },
             opts=kube.child(self, depends_on=depends_on),

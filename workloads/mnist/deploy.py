@@ -12,29 +12,14 @@ the Seldon protocol, `workloads.mnist.serving.MnistClassifier`); see workloads/m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
-from modules import kube
-from workloads.common.deploy import TRACKING_KEYS, WorkloadContext
+from workloads.common.deploy import PodTemplate, Resources, WorkloadContext, require_pinned, tracking_env
 
 UID = 10001  # the image's non-root user (workloads/mnist/Dockerfile)
 COMPONENT = "mnist"
 DATA_DIR = "/data/mnist"
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Requests and a memory limit; no CPU limit, so the training run may use idle CPU."""
-
-    cpu: str
-    memory: str
-    memory_limit: str
-
-    def spec(self) -> dict[str, Any]:
-        return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": {"memory": self.memory_limit}}
 
 
 @dataclass(frozen=True)
@@ -47,10 +32,7 @@ class MnistArgs:
 
 
 def _check(args: MnistArgs) -> None:
-    image = args.context.image
-    tag = image.rsplit("/", 1)[-1]
-    if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
-        raise ValueError(f"mnist image {image!r}: pin it by tag (not 'latest') or digest")
+    require_pinned(args.context.image, "mnist")
     if not 1 <= args.epochs <= 100:
         raise ValueError(f"mnist epochs {args.epochs}: allowed 1..100")
 
@@ -63,41 +45,12 @@ class MnistWorkload(pulumi.ComponentResource):
     def __init__(self, name: str, args: MnistArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:workloads:Mnist", name, None, opts)
         _check(args)
-        ctx = args.context
-        container = {
-            "name": "train",
-            "image": ctx.image,
-            "command": ["python", "-m", "workloads.mnist.train", "--source", "mnist", "--data-dir", DATA_DIR,
-                        "--epochs", str(args.epochs), "--register"],
-            "env": [
-                {"name": "MLFLOW_TRACKING_URI", "value": ctx.tracking_uri},
-                *(kube.secret_env(key, ctx.tracking_secret, key) for key in TRACKING_KEYS),
-                {"name": "HOME", "value": "/tmp"},
-            ],
-            "resources": args.train_resources.spec(),
-            "security_context": kube.CONTAINER_SECURITY,
-            "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}, {"name": "data", "mount_path": "/data"}],
-        }
-        pod: dict[str, Any] = {
-            "restart_policy": "Never",  # a failed run is retried as a new pod (backoff_limit), logs kept
-            "automount_service_account_token": False,
-            "security_context": kube.pod_security(UID),
-            "containers": [container],
-            "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "512Mi"}},
-                        {"name": "data", "empty_dir": {"size_limit": "256Mi"}}],  # 4 files, 11 MB gzipped
-        }
-        if ctx.service_account is not None:
-            pod["service_account_name"] = ctx.service_account
-        job = k8s.batch.v1.Job(
-            f"{name}-train",
-            metadata=kube.metadata("mnist-train", ctx.namespace, COMPONENT),
-            spec={
-                "backoff_limit": 2,
-                "active_deadline_seconds": args.deadline_seconds,
-                "template": {"metadata": {"labels": kube.labels("mnist-train", COMPONENT)}, "spec": pod},
-            },
-            # a new image or setting means a new training run: replace the (immutable) Job
-            opts=kube.child(self, replace_on_changes=["spec"], delete_before_replace=True),
-        )
+        pods = PodTemplate(args.context, COMPONENT, UID)
+        train = pods.container("train", ["python", "-m", "workloads.mnist.train", "--source", "mnist",
+                                         "--data-dir", DATA_DIR, "--epochs", str(args.epochs), "--register"],
+                               tracking_env(args.context), args.train_resources,
+                               mounts=[{"name": "data", "mount_path": "/data"}])
+        job = pods.training_job(self, f"{name}-train", "mnist-train", [train], args.deadline_seconds,
+                                volumes=[{"name": "data", "empty_dir": {"size_limit": "256Mi"}}])  # 11 MB gzipped
         self.job_name = job.metadata.name
         self.register_outputs({"job_name": self.job_name})
