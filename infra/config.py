@@ -100,9 +100,13 @@ class Image(Model):
         return v
 
     @property
+    def version(self) -> str:
+        """What follows `repository:` in a reference: the tag, and the digest when pinned."""
+        return f"{self.tag}@{self.digest}" if self.digest else self.tag
+
+    @property
     def ref(self) -> str:
-        ref = f"{self.repository}:{self.tag}"
-        return f"{ref}@{self.digest}" if self.digest else ref
+        return f"{self.repository}:{self.version}"
 
 
 class KubernetesConfig(Model):
@@ -226,7 +230,12 @@ class GatewayConfig(Model):
 
 class SeldonConfig(Model):
     version: str = Field(description="seldon-core-operator chart version; 1.17.1 is the last Apache-2.0 release")
-    mlserver_image_version: str = Field(description="seldonio/mlserver tag for MLflow models (V2 protocol)")
+    mlserver_image: Image = Field(description="MLServer image for registry models (V2 protocol), built from "
+                                              "modules/serving/mlserver-image: our MLflow and scikit-learn pins")
+    mlflow_runtime: str = Field(pattern=r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$",
+                                description="MLServer class for registry models: mlops_mlserver.MLflowRuntime "
+                                            "(in the project's image: 400 for inputs the signature rejects) or "
+                                            "the stock mlserver_mlflow.MLflowRuntime")
     manager_resources: Resources
     executor_resources: Resources
 
@@ -338,11 +347,42 @@ class EnergyWorkloadConfig(Model):
         return _cron(v)
 
 
+class NeoWorkloadConfig(Model):
+    """Hazardous-NEO classifier: a training Job registering `NEOs` (serve it from `serving.models`)."""
+
+    enabled: bool = Field(default=False, description="deploy the neo training Job")
+    image: Image = Field(description="image built from workloads/neo/Dockerfile (CI tags it with the git SHA)")
+    data_url: str | None = Field(default=None, description="http(s):// URL of nasa.csv the Job downloads; "
+                                                           "required when enabled")
+
+    @model_validator(mode="after")
+    def _data(self) -> NeoWorkloadConfig:
+        if self.enabled and self.data_url is None:
+            raise ValueError("dataUrl is required when enabled: an http(s):// URL of nasa.csv")
+        if self.data_url is not None and not self.data_url.startswith(("http://", "https://")):
+            raise ValueError(f"dataUrl {self.data_url!r}: an http(s):// URL the Job can reach is allowed")
+        return self
+
+
+class MnistWorkloadConfig(Model):
+    """MNIST digits: a training Job on the real MNIST registering `mnist` (served as a custom image)."""
+
+    enabled: bool = Field(default=False, description="deploy the mnist training Job (downloads MNIST over HTTPS)")
+    image: Image = Field(description="image built from workloads/mnist/Dockerfile, target train")
+    epochs: int = Field(ge=1, le=100, description="training epochs over the 60,000 images")
+
+
 class WorkloadsConfig(Model):
     time_zone: str = Field(description="IANA zone of every workload CronJob (spec.timeZone)")
     pushgateway_image: Image
     pushgateway_resources: Resources
     energy: EnergyWorkloadConfig
+    neo: NeoWorkloadConfig
+    mnist: MnistWorkloadConfig
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.energy.enabled or self.neo.enabled or self.mnist.enabled
 
     @field_validator("time_zone")
     @classmethod
@@ -702,8 +742,9 @@ class AwsConfig(Model):
     node_pools: EksNodePools
     database: RdsConfig
     registry: str = Field(default="mlops", description="ECR namespace: images are <registry>/<image>")
-    registry_images: list[str] = Field(default=["mlflow-server"], min_length=1,
-                                       description="ECR repositories created under `registry`")
+    registry_images: list[str] = Field(
+        default=["mlflow-server", "mlserver", "energy", "neo", "mnist", "mnist-server"], min_length=1,
+        description="ECR repositories created under `registry` (ECR creates none on push)")
     log_retention_days: int = Field(description="control-plane log retention (a CloudWatch value: 1, 3, 5, 7, "
                                                 "14, 30, 60, 90, 120, 150, 180, 365, …)")
     noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")

@@ -23,6 +23,8 @@ PUSHGATEWAY_IMAGE = {"repository": "quay.io/prometheus/pushgateway", "tag": "v1.
 # GitHub's runner image; bump with each runner release (GitHub refuses runners older than ~30 days).
 RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"}
 MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
+# Built from modules/serving/mlserver-image (seldonio/mlserver:1.7.1-mlflow + the workloads' MLflow pins).
+MLSERVER_IMAGE = {"repository": "mlops-stack/mlserver", "tag": "1.7.1-1"}
 
 BASE: dict[str, Any] = {
     "kubernetes": {"version": "1.34"},
@@ -71,7 +73,8 @@ BASE: dict[str, Any] = {
         "engine": "seldon",
         "seldon": {
             "version": "1.17.1",
-            "mlserverImageVersion": "1.7.1-mlflow",
+            "mlserverImage": MLSERVER_IMAGE,
+            "mlflowRuntime": "mlops_mlserver.MLflowRuntime",
             "managerResources": {"cpu": "100m", "memory": "128Mi", "cpuLimit": "500m", "memoryLimit": "300Mi"},
             "executorResources": {"cpu": "100m", "memory": "128Mi", "cpuLimit": "500m", "memoryLimit": "512Mi"},
         },
@@ -100,6 +103,8 @@ BASE: dict[str, Any] = {
             "monitorSchedule": "0 10 * * *",
             "demoData": True,
         },
+        "neo": {"image": {"repository": "mlops-stack/neo", "tag": "0.1.0"}},
+        "mnist": {"image": {"repository": "mlops-stack/mnist", "tag": "0.1.0"}, "epochs": 10},
     },
     "ci": {
         "runners": {

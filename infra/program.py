@@ -47,7 +47,7 @@ def declare(config: StackConfig) -> None:
             "mlflow": (ns.mlflow, "restricted"),
             "serving": (ns.serving, "baseline"),
             "monitoring": (ns.monitoring, "privileged"),  # node-exporter reads the host
-            **({"workloads": (ns.workloads, "restricted")} if config.workloads.energy.enabled else {}),
+            **({"workloads": (ns.workloads, "restricted")} if config.workloads.any_enabled else {}),
         }),
         opts=k8s_opts,
     )
@@ -235,7 +235,8 @@ def _serving_engine(config: StackConfig, gateway: IstioGateway, opts: pulumi.Res
             gateway_host=f"models.{config.gateway.domain}",
             manager_resources=s.manager_resources.model_dump(),
             executor_resources=s.executor_resources.model_dump(),
-            mlserver_image_version=s.mlserver_image_version,
+            mlserver_image=(s.mlserver_image.repository, s.mlserver_image.version),
+            mlflow_runtime=s.mlflow_runtime,
         ),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[gateway.ready])),
     )

@@ -1,5 +1,7 @@
-"""The demo workloads on the platform: their namespace, the Secrets they read, the Pushgateway their
-monitors push to, and each enabled workload's component (`workloads/<name>/deploy.py`).
+"""The demo workloads on the platform: their namespace, the Secrets they read, the Pushgateway the
+energy monitor pushes to, and each enabled workload's component (`workloads/<name>/deploy.py`):
+energy (training Job + daily CronJobs), neo and mnist (training Jobs; their models are served
+from `serving.models`).
 
 Workloads log to MLflow as its admin user (MLflow's basic auth has no declarative users yet: a
 per-workload account would be created through its REST API after `pulumi up`).
@@ -7,18 +9,21 @@ per-workload account would be created through its REST API after `pulumi up`).
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import Image, StackConfig
 from infra.platforms import WORKLOADS_DATABASE
 from modules import kube
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.platform.contract import Database
 from workloads.common.deploy import DATABASE_KEY, TRACKING_KEYS, WorkloadContext
 from workloads.energy.deploy import EnergyArgs, EnergyWorkload
+from workloads.mnist.deploy import MnistArgs, MnistWorkload
+from workloads.neo.deploy import NeoArgs, NeoWorkload
 
 
 def _database_url(db: Database) -> pulumi.Output[str]:
@@ -41,20 +46,31 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
                       opts: pulumi.ResourceOptions, after: list[pulumi.Resource]) -> None:
     """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring)."""
     w = config.workloads
-    if not w.energy.enabled:
+    if not w.any_enabled:
         return
+    after_opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after))
     tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
                                                                               admin_password))), opts)
-    pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
-        namespace=monitoring_namespace, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
-        pusher_namespaces=[namespace], monitoring_namespace=monitoring_namespace,
-    ), opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)))
-    e = w.energy
-    EnergyWorkload("energy", EnergyArgs(
-        context=WorkloadContext(
-            namespace=namespace, image=e.image.ref, tracking_uri=tracking_uri, tracking_secret=tracking,
-            database_secret=_secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts),
-            timezone=w.time_zone, pushgateway_url=pushgateway.url),
-        schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
-        latitude=e.latitude, longitude=e.longitude,
-    ), opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after)))
+
+    def context(image: Image, **extra: Any) -> WorkloadContext:
+        return WorkloadContext(namespace=namespace, image=image.ref, tracking_uri=tracking_uri,
+                               tracking_secret=tracking, timezone=w.time_zone, **extra)
+
+    if w.energy.enabled:
+        # the energy monitor pushes its daily MAPE to a Pushgateway (a CronJob is gone before a scrape)
+        pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
+            namespace=monitoring_namespace, image=w.pushgateway_image.ref,
+            resources=w.pushgateway_resources.to_k8s(), pusher_namespaces=[namespace],
+            monitoring_namespace=monitoring_namespace,
+        ), opts=after_opts)
+        e = w.energy
+        database = _secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts)
+        EnergyWorkload("energy", EnergyArgs(
+            context=context(e.image, database_secret=database, pushgateway_url=pushgateway.url),
+            schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
+            latitude=e.latitude, longitude=e.longitude,
+        ), opts=after_opts)
+    if w.neo.enabled:
+        NeoWorkload("neo", NeoArgs(context=context(w.neo.image), data_url=w.neo.data_url), opts=after_opts)
+    if w.mnist.enabled:
+        MnistWorkload("mnist", MnistArgs(context=context(w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)

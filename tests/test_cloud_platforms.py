@@ -302,9 +302,12 @@ def test_eks_declares_the_platform_core(plan_of):
                   "aws:s3/bucketVersioning:BucketVersioning", "aws:s3/bucketPolicy:BucketPolicy",
                   "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"):
         assert len(of(plan, token)) == 3, token
-    repository = only(plan, "aws:ecr/repository:Repository")["inputs"]
-    assert repository["name"] == "mlops/mlflow-server" and repository["imageTagMutability"] == "IMMUTABLE"
-    assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
+    repositories = {r["inputs"]["name"]: r["inputs"] for r in of(plan, "aws:ecr/repository:Repository")}
+    assert set(repositories) == {f"mlops/{image}" for image in
+                                 ("mlflow-server", "mlserver", "energy", "neo", "mnist", "mnist-server")}
+    for repository in repositories.values():
+        assert repository["imageTagMutability"] == "IMMUTABLE"
+        assert repository["imageScanningConfiguration"] == {"scanOnPush": True}
 
 
 def test_eks_cluster_is_encrypted_logged_and_pinned(plan_of):

@@ -47,6 +47,8 @@ def test_every_stack_has_gateway_operator_and_monitoring(stack, plan_of):
     assert seldon["version"] == "1.17.1"  # the last Apache-2.0 release
     assert seldon["values"]["istio"] == {"enabled": True, "gateway": "istio-system/platform-gateway"}
     assert seldon["values"]["usageMetrics"]["enabled"] is False
+    mlserver = seldon["values"]["predictor_servers"]["MLFLOW_SERVER"]["protocols"]["v2"]
+    assert mlserver["image"].endswith("/mlserver") and mlserver["defaultImageVersion"] == "1.7.1-1"
 
 
 @pytest.mark.parametrize("stack", stack_names())
@@ -127,6 +129,9 @@ def test_models_become_valid_seldon_deployments(with_models):
     assert main["graph"]["implementation"] == "MLFLOW_SERVER" and main["graph"]["modelUri"] == NEO_URI
     assert main["graph"]["envSecretRefName"] == "model-storage"
     assert shadow["shadow"] is True and "4567ef01" in shadow["graph"]["modelUri"]
+    for predictor in (main, shadow):  # the project's MLServer runtime: 400, not 500, for bad inputs
+        [server] = predictor["componentSpecs"][0]["spec"]["containers"]
+        assert server["env"] == [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlops_mlserver.MLflowRuntime"}]
     container = mnist["spec"]["predictors"][0]["componentSpecs"][0]
     assert container["spec"]["containers"][0]["image"] == "registry.local/mnist-server:3f2c1a9"
     assert container["hpaSpec"]["maxReplicas"] == 3

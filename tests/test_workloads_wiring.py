@@ -1,6 +1,7 @@
 """The platform side of the workloads: with `workloads.energy.enabled`, a stack gets the workload
 namespace, Secrets instead of literal credentials, a Pushgateway Prometheus scrapes with the pushed
-labels, the workloads database, and network access to PostgreSQL — and the result validates."""
+labels, the workloads database, and network access to PostgreSQL — and the result validates.
+neo and mnist alone get their training Jobs and the tracking Secret, nothing energy needs."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from mlops.validate import validate_plan
 ENERGY = {"energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab"}}}
 
 
-def plan_with_energy(stack: str) -> Plan:
+NEO_AND_MNIST = {
+    "neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/neo", "tag": "3f2c1ab"},
+            "dataUrl": "https://data.example.org/nasa.csv"},
+    "mnist": {"enabled": True, "image": {"repository": "ghcr.io/my-org/mnist", "tag": "3f2c1ab"}, "epochs": 3},
+}
+
+
+def plan_with_energy(stack: str, workloads: dict = ENERGY) -> Plan:
     values, secret_keys = stack_config(stack)
-    return run_program(stack, ({**values, "mlops-stack:workloads": json.dumps(ENERGY)}, secret_keys),
+    return run_program(stack, ({**values, "mlops-stack:workloads": json.dumps(workloads)}, secret_keys),
                        reveal_secrets=True)
 
 
@@ -86,3 +94,22 @@ def test_stack_with_energy_validates(stack, dev):
     plan = dev if stack == "dev" else plan_with_energy(stack)
     report = validate_plan(plan, "1.34")
     assert report.ok, report.render()
+
+
+def test_neo_and_mnist_alone_get_training_jobs_and_nothing_energy_needs():
+    plan = plan_with_energy("dev", NEO_AND_MNIST)
+    jobs = {o["metadata"]["name"]: o for o in plan.kubernetes_objects
+            if o["kind"] == "Job" and o["metadata"]["namespace"] == "ml-workloads"}
+    assert set(jobs) == {"neo-train", "mnist-train"}
+    [neo] = jobs["neo-train"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in neo["env"]}
+    assert env["NEO_DATA"]["value"] == "https://data.example.org/nasa.csv"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client"
+    [mnist] = jobs["mnist-train"]["spec"]["template"]["spec"]["containers"]
+    assert mnist["image"] == "ghcr.io/my-org/mnist:3f2c1ab" and mnist["command"][-3:] == ["--epochs", "3", "--register"]
+    assert not any(o["kind"] == "Deployment" and o["metadata"]["name"] == "pushgateway" for o in plan.kubernetes_objects)
+    postgres = plan.manifest("StatefulSet", "postgres", "mlops-platform")
+    assert "workloads" not in json.dumps(postgres["spec"]["template"]["spec"]["containers"])
+    report = validate_plan(plan, "1.34")
+    assert report.ok, report.render()
+

@@ -38,6 +38,7 @@ PREPACKAGED_PROTOCOLS = {
     "TRITON_SERVER": {"v2"},
     "HUGGINGFACE_SERVER": {"v2"},
 }
+STOCK_MLFLOW_RUNTIME = "mlserver_mlflow.MLflowRuntime"
 STORAGE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://")
 
 
@@ -49,7 +50,10 @@ class SeldonCoreArgs:
     gateway_host: pulumi.Input[str]  # where models are reached, for the URLs this engine reports
     manager_resources: Mapping[str, str]
     executor_resources: Mapping[str, str]
-    mlserver_image_version: str = "1.7.1-mlflow"
+    mlserver_image: tuple[str, str] = ("seldonio/mlserver", "1.7.1-mlflow")  # repository, tag
+    # MLServer class serving registry models; the project's image adds one that answers 400, not
+    # 500, to requests the model's signature rejects (modules/serving/mlserver-image)
+    mlflow_runtime: str = STOCK_MLFLOW_RUNTIME
 
 
 class SeldonCore(pulumi.ComponentResource, ServingEngine):
@@ -80,8 +84,8 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
                 "executor": {"resources": {"cpuRequest": e["cpu"], "cpuLimit": e["cpu_limit"],
                                            "memoryRequest": e["memory"], "memoryLimit": e["memory_limit"]}},
                 "predictor_servers": {
-                    "MLFLOW_SERVER": {"protocols": {"v2": {"image": "seldonio/mlserver",
-                                                           "defaultImageVersion": args.mlserver_image_version}}},
+                    "MLFLOW_SERVER": {"protocols": {"v2": {"image": args.mlserver_image[0],
+                                                           "defaultImageVersion": args.mlserver_image[1]}}},
                 },
             },
             opts=kube.child(self),
@@ -90,17 +94,19 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
 
     def deploy(self, name: str, args: ModelDeploymentArgs,
                opts: pulumi.ResourceOptions | None = None) -> DeployedModel:
-        return SeldonModel(name, args, self._args.gateway_host,
+        return SeldonModel(name, args, self._args.gateway_host, self._args.mlflow_runtime,
                            pulumi.ResourceOptions.merge(pulumi.ResourceOptions(depends_on=[self.release]), opts))
 
 
-def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs) -> dict[str, Any]:
+def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow_runtime: str) -> dict[str, Any]:
     graph: dict[str, Any] = {"name": "model", "type": "MODEL", "children": []}
     container: dict[str, Any] = {"name": "model", "resources": dict(args.resources)}
     if isinstance(source, RegistryModel):
         graph |= {"implementation": IMPLEMENTATIONS[source.runtime], "modelUri": source.uri}
         if args.storage_secret is not None:
             graph["envSecretRefName"] = args.storage_secret
+        if source.runtime == "mlflow" and mlflow_runtime != STOCK_MLFLOW_RUNTIME:
+            container["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime}]
     else:
         container |= {"image": source.image, "env": [{"name": k, "value": v} for k, v in source.env.items()]}
     pod: dict[str, Any] = {"containers": [container]}
@@ -123,14 +129,15 @@ def _protocol(source: ModelSource) -> str:
     return source.protocol if isinstance(source, CustomImage) else "v2"
 
 
-def seldon_deployment_spec(args: ModelDeploymentArgs) -> dict[str, Any]:
+def seldon_deployment_spec(args: ModelDeploymentArgs,
+                           mlflow_runtime: str = STOCK_MLFLOW_RUNTIME) -> dict[str, Any]:
     """The SeldonDeployment spec for a model (and its optional shadow/canary candidate)."""
     if args.candidate is not None and _protocol(args.candidate) != _protocol(args.source):
         raise ValueError("a candidate must speak the same protocol as the model it runs beside")
-    main = _predictor("main", args.source, args)
+    main = _predictor("main", args.source, args, mlflow_runtime)
     predictors = [main]
     if args.candidate is not None:
-        candidate = _predictor("candidate", args.candidate, args)
+        candidate = _predictor("candidate", args.candidate, args, mlflow_runtime)
         if args.candidate_mode == "shadow":
             candidate["shadow"] = True
             main["traffic"] = 100
@@ -144,9 +151,9 @@ class SeldonModel(DeployedModel):
     """One SeldonDeployment; `url` is its predictions endpoint through the Istio gateway."""
 
     def __init__(self, name: str, args: ModelDeploymentArgs, gateway_host: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None):
+                 mlflow_runtime: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:serving:SeldonModel", name, None, opts)
-        spec = seldon_deployment_spec(args)
+        spec = seldon_deployment_spec(args, mlflow_runtime)
         k8s.apiextensions.CustomResource(
             f"{name}-deployment",
             api_version=API_VERSION,
