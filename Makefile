@@ -4,9 +4,10 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
+TOOLS := $(VENV)/tools
 STACK ?= dev
 
-.PHONY: up test venv test-deps plan validate mlflow-image down clean
+.PHONY: up test venv test-deps plan validate mlflow-image mlserver-image down clean
 
 up:
 	./scripts/up.sh
@@ -18,14 +19,28 @@ $(VENV)/bin/python:
 venv: $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -e .
 
-test-deps: $(VENV)/bin/python $(VENV)/bin/checkov
+test-deps: $(VENV)/bin/python $(TOOLS)/checkov/installed $(TOOLS)/mlserver/installed $(TOOLS)/seldon/installed
 	$(VENV)/bin/pip install --quiet -e ".[test]"
 
-# checkov's own pins clash with the project's: a separate virtualenv, linked into .venv/bin
-$(VENV)/bin/checkov: policy/checkov-requirements.txt | $(VENV)/bin/python
-	$(PYTHON) -m venv $(VENV)/tools/checkov
-	$(VENV)/tools/checkov/bin/pip install --quiet -r policy/checkov-requirements.txt
-	ln -sf $(CURDIR)/$(VENV)/tools/checkov/bin/checkov $(VENV)/bin/checkov
+# Tools whose own pins clash with the project's, each in a virtualenv of its own under .venv/tools:
+# checkov; MLServer with its MLflow runtime (the registry models' server, from the image's file);
+# Seldon Core's Python wrapper with the mnist model server's packages (its image's file).
+define tool_venv
+	rm -rf $(@D) && $(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet $(1)
+	touch $@
+endef
+
+$(TOOLS)/checkov/installed: policy/checkov-requirements.txt | $(VENV)/bin/python
+	$(call tool_venv,-r $<)
+	ln -sf $(CURDIR)/$(@D)/bin/checkov $(VENV)/bin/checkov
+
+$(TOOLS)/mlserver/installed: modules/serving/mlserver-image/requirements.txt | $(VENV)/bin/python
+	$(call tool_venv,-r $<)
+
+# torch 2.13.0 is the CPU build (the image takes it from PyTorch's CPU index)
+$(TOOLS)/seldon/installed: workloads/mnist/requirements.txt | $(VENV)/bin/python
+	$(call tool_venv,torch==2.13.0 -r $<)
 
 test: test-deps
 	$(VENV)/bin/python -m pytest
@@ -38,6 +53,9 @@ validate: venv
 
 mlflow-image:
 	minikube image build -t mlops-stack/mlflow-server:3.17.2-1 modules/mlflow/image
+
+mlserver-image:
+	minikube image build -t mlops-stack/mlserver:1.7.1-1 modules/serving/mlserver-image
 
 down:
 	./scripts/up.sh --destroy

