@@ -91,11 +91,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_smoke(args: argparse.Namespace) -> int:
     from mlops import smoke
 
-    try:
-        outputs = (json.loads(Path(args.outputs).read_text()) if args.outputs
-                   else smoke.stack_outputs(args.stack, str(ROOT)))
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"mlops smoke: {error}", file=sys.stderr)
+    outputs = _outputs(args, "smoke")
+    if outputs is None:
         return 2
 
     def get(url: str, auth: tuple[str, str] | None) -> smoke.Reply:
@@ -104,6 +101,31 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     checks = smoke.run_checks(outputs, get)
     print(smoke.render(checks))
     return 0 if checks and all(c.ok for c in checks) else 1
+
+
+def _outputs(args: argparse.Namespace, command: str) -> dict | None:
+    from mlops import smoke
+
+    try:
+        return (json.loads(Path(args.outputs).read_text()) if args.outputs
+                else smoke.stack_outputs(args.stack, str(ROOT)))
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"mlops {command}: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mlops import train
+
+    outputs = _outputs(args, "train")
+    if outputs is None:
+        return 2
+    try:
+        rest = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+        return train.run(args.workload, outputs, rest, insecure=args.insecure)
+    except ValueError as error:
+        print(f"mlops train: {error}", file=sys.stderr)
+        return 2
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -152,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
     smoke.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
     smoke.set_defaults(run=cmd_smoke)
+
+    train = commands.add_parser("train", help="run a workload's training against a stack's MLflow")
+    from mlops.train import WORKLOADS
+
+    train.add_argument("workload", choices=WORKLOADS)
+    train.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    train.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+    train.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+    train.add_argument("train_args", nargs=argparse.REMAINDER,
+                       help="after `--`: arguments of python -m workloads.<workload>.train")
+    train.set_defaults(run=cmd_train)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
     from mlops.cost.cli import add_arguments

@@ -4,6 +4,7 @@ predict on the documented payloads, in-process and through MLflow's scoring serv
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,20 @@ def test_scoring_server_answers_invocations_and_rejects_bad_payloads(registered,
         log.close()
     if process.returncode not in (0, -15):
         print(Path(tmp_path / "serve.log").read_text()[-3000:])
+
+
+def test_mlops_train_runs_the_entry_point_against_a_stacks_mlflow(registered, server, tmp_path):
+    """`mlops train neo --stack …` with the stack outputs of a deployed stack: a second version,
+    registered as challenger (the champion stays), logged with the admin login from the outputs."""
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"mlflowUrl": server.url, "mlflowAdminUsername": server.username,
+                                   "mlflowAdminPassword": server.password}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run([sys.executable, "-m", "mlops.cli", "train", "neo", "--stack", "dev", "--outputs",
+                           str(outputs), "--", "--data", str(nasa_csv()), "--register"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient()
+    challenger = client.get_model_version_by_alias(train.MODEL_NAME, "challenger")
+    assert int(challenger.version) == registered.version + 1
+    assert client.get_model_version_by_alias(train.MODEL_NAME, "champion").version == str(registered.version)
