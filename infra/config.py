@@ -314,6 +314,10 @@ class MonitoringConfig(Model):
                                    description="Prometheus volume size; unset = no persistent volume (dev)")
     grafana_admin_password: SecretStr | None = Field(
         default=None, description="secret; generated (and exported as a secret) when unset")
+    runbook_base_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+$",
+        description="where alerts' runbook links point, e.g. https://github.com/<org>/<repo>/blob/main; "
+                    "unset = relative docs/runbooks.md#<alert>")
     resources: MonitoringResources
 
     @field_validator("retention")

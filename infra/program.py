@@ -219,6 +219,7 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequ
                 *(ScrapeTarget(service, platform_ns, kube.selector(service), "metrics") for service in data_services),
             ],
             model_namespaces=[namespaces.names["serving"]],
+            runbook_base_url=m.runbook_base_url,
         ),
         opts=opts,
     )

@@ -89,6 +89,20 @@ def test_rules_dashboards_and_monitors_are_declared(stack, plan_of):
     assert mlflow_monitor["basicAuth"]["password"] == {"name": "mlflow-scrape-auth", "key": "password"}
 
 
+def test_runbook_links_are_relative_unless_a_base_url_is_set(plan_of):
+    def links(plan) -> list[str]:
+        return [r["annotations"]["runbook_url"] for o in plan.kubernetes_objects if o["kind"] == "PrometheusRule"
+                for g in o["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+    assert links(plan_of("dev")) and all(url.startswith("docs/runbooks.md#") for url in links(plan_of("dev")))
+    values, secret_keys = stack_config("dev")
+    monitoring = {**json.loads(values.get("mlops-stack:monitoring", "{}")),
+                  "runbookBaseUrl": "https://github.com/my-org/mlops-stack/blob/main/"}
+    plan = run_program("dev", ({**values, "mlops-stack:monitoring": json.dumps(monitoring)}, secret_keys))
+    assert links(plan) and all(url.startswith("https://github.com/my-org/mlops-stack/blob/main/docs/runbooks.md#")
+                               for url in links(plan))
+
+
 def test_scraped_ports_exist_on_the_services(plan_of):
     plan = plan_of("dev")
     for monitor in (o for o in plan.kubernetes_objects if o["kind"] == "ServiceMonitor"):

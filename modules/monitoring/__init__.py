@@ -54,6 +54,19 @@ class MonitoringArgs:
     grafana_host: pulumi.Input[str] | None = None
     targets: Sequence[ScrapeTarget] = ()
     model_namespaces: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    runbook_base_url: str | None = None  # prefixes the rules' relative `docs/runbooks.md#…` links
+
+
+def rule_groups(path: Path, runbook_base_url: str | None) -> list[dict[str, Any]]:
+    """The groups of a rule file, with runbook links made absolute when a base URL is given (the
+    files keep them relative so they stay valid in any fork)."""
+    groups = yaml.safe_load(path.read_text())["groups"]
+    if runbook_base_url:
+        for rule in (r for g in groups for r in g["rules"]):
+            link = rule.get("annotations", {}).get("runbook_url")
+            if link and "://" not in link:
+                rule["annotations"]["runbook_url"] = f"{runbook_base_url.rstrip('/')}/{link}"
+    return groups
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -90,7 +103,7 @@ class Monitoring(pulumi.ComponentResource):
                 api_version="monitoring.coreos.com/v1",
                 kind="PrometheusRule",
                 metadata=kube.metadata(f"mlops-{path.stem}", args.namespace, "monitoring"),
-                spec={"groups": yaml.safe_load(path.read_text())["groups"]},
+                spec={"groups": rule_groups(path, args.runbook_base_url)},
                 opts=after,
             )
         for path in dashboard_files():
