@@ -149,6 +149,9 @@ def test_runners_install_pinned_charts_with_the_token_as_a_secret():
     assert container["image"] == "ghcr.io/actions/actions-runner:2.334.0" and container["resources"]["limits"]
     token = plan.manifest("Secret", "github-config", "arc-runners")
     assert token["stringData"]["github_token"] == "ghp_runner_token_value"
+    for namespace in ("arc-systems", "arc-runners"):  # no privileged runner pods (no Docker-in-Docker)
+        labels = plan.manifest("Namespace", namespace)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
     assert not plan.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")
     binding = plan.manifest("RoleBinding", "mlops-stack-deployer", "serving")
     assert binding["subjects"][0]["name"] == "deployer"

@@ -43,10 +43,16 @@ class GithubRunners(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RunnersArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:ci:GithubRunners", name, None, opts)
+        # Pod Security "baseline" enforced (no privileged or host access: runners get no Docker-in-Docker),
+        # "restricted" warned: ARC's charts do not set every field the restricted level asks for
+        labels = {"app.kubernetes.io/part-of": kube.PART_OF, "pod-security.kubernetes.io/enforce": "baseline",
+                  "pod-security.kubernetes.io/warn": "restricted"}
         controller_ns = k8s.core.v1.Namespace(
-            f"{name}-controller-namespace", metadata={"name": CONTROLLER_NAMESPACE}, opts=kube.child(self))
+            f"{name}-controller-namespace", metadata={"name": CONTROLLER_NAMESPACE, "labels": labels},
+            opts=kube.child(self))
         runners_ns = k8s.core.v1.Namespace(
-            f"{name}-runners-namespace", metadata={"name": RUNNERS_NAMESPACE}, opts=kube.child(self))
+            f"{name}-runners-namespace", metadata={"name": RUNNERS_NAMESPACE, "labels": labels},
+            opts=kube.child(self))
         controller = k8s.helm.v3.Release(
             f"{name}-controller",
             name=CONTROLLER_RELEASE,
