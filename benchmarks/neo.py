@@ -10,7 +10,9 @@ server, pinned to one CPU. Writes benchmarks/results/neo.json and prints Markdow
   20 %, single-row predict_proba latency p50/p99 and batch throughput;
 - chosen: the model `workloads.neo.model.train_and_select` picks (5-fold CV F1 / ROC AUC on the
   whole table, held-out split), against the linear baseline;
-- served: p50/p99 of one-row `POST /invocations` to `mlflow models serve` (1 worker, 1 CPU).
+- served: p50/p99 and throughput of one-row requests, 1 CPU each: V2 `POST /v2/models/neo/infer`
+  to MLServer with the stack's MLflow runtime (what Seldon serves; `.venv/tools/mlserver`, built
+  by `make test-deps`), and `POST /invocations` to `mlflow models serve` (1 worker).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import skops.io
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
@@ -36,8 +36,9 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.services import free_port, wait_http  # noqa: E402
+from tests.runtimes import mlflow_scoring_server, mlserver  # noqa: E402
 from workloads.neo import data, model, payload  # noqa: E402
+from workloads.neo.train import flavor_options  # noqa: E402
 
 
 def latencies_ms(predict, rows, repeats: int) -> np.ndarray:
@@ -75,40 +76,33 @@ def forests(prepared, sizes: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def served(fitted, rows, requests_n: int) -> dict[str, float]:
-    """One-row requests to `mlflow models serve` on one CPU (taskset), one worker."""
+def over_http(url: str, bodies: list[dict]) -> dict[str, float]:
+    session = requests.Session()
+    for body in bodies[:20]:
+        session.post(url, json=body, timeout=30).raise_for_status()
+    ms = []
+    start_all = time.perf_counter()
+    for body in bodies:
+        start = time.perf_counter()
+        session.post(url, json=body, timeout=30).raise_for_status()
+        ms.append((time.perf_counter() - start) * 1000)
+    return {**summary(np.array(ms)), "requests_per_s": round(len(bodies) / (time.perf_counter() - start_all), 1)}
+
+
+def served(fitted, rows, requests_n: int) -> dict[str, dict[str, float]]:
+    """One-row requests to MLServer (V2) and to `mlflow models serve`, each on one CPU (taskset)."""
     import mlflow.sklearn
 
+    single_rows = [rows.iloc[[i % len(rows)]] for i in range(requests_n)]
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "model"
-        mlflow.sklearn.save_model(fitted, path, input_example=rows.head(2),
-                                  pip_requirements=[f"scikit-learn=={__import__('sklearn').__version__}"],
-                                  skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(fitted)))
-        port = free_port()
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "OMP_NUM_THREADS": "1"}
-        process = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "mlflow", "models", "serve",
-                                    "-m", str(path), "--env-manager", "local", "--host", "127.0.0.1",
-                                    "--port", str(port), "--workers", "1"],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/ping", timeout=120, process=process)
-            session = requests.Session()
-            bodies = [payload.invocations(rows.iloc[[i % len(rows)]]) for i in range(requests_n)]
-            for body in bodies[:20]:
-                session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
-            ms = []
-            start_all = time.perf_counter()
-            for body in bodies:
-                start = time.perf_counter()
-                session.post(f"{url}/invocations", json=body, timeout=30).raise_for_status()
-                ms.append((time.perf_counter() - start) * 1000)
-            throughput = requests_n / (time.perf_counter() - start_all)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    return {**summary(np.array(ms)), "requests_per_s": round(throughput, 1)}
+        mlflow.sklearn.save_model(fitted, path, **flavor_options(fitted, rows.head(3)))
+        with mlserver(path, "neo") as url:
+            results = {"mlserver_v2": over_http(f"{url}/v2/models/neo/infer", [payload.v2(r) for r in single_rows])}
+        with mlflow_scoring_server(path) as url:
+            results["mlflow_models_serve"] = over_http(f"{url}/invocations",
+                                                       [payload.invocations(r) for r in single_rows])
+    return results
 
 
 def main() -> None:
@@ -136,7 +130,7 @@ def main() -> None:
                          "held_out_roc_auc": round(chosen.roc_auc, 5),
                          "grouped_cv_f1_mean": round(chosen.grouped_cv_f1_mean, 4),
                          "in_process_predict": in_process,
-                         "mlflow_models_serve": served(chosen.model, X_test, args.repeats)}
+                         **served(chosen.model, X_test, args.repeats)}
     out = ROOT / "benchmarks" / "results" / "neo.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['date']}, {machine}\n")

@@ -9,6 +9,7 @@ PULUMI_VERSION=3.272.0          # matches the pulumi SDK pinned in pyproject.tom
 MINIKUBE_VERSION=v1.37.0
 KUBERNETES_VERSION=v1.34.0      # matches kubernetes.version in the stack config
 MLFLOW_IMAGE=mlops-stack/mlflow-server:3.17.2-1
+MLSERVER_IMAGE=mlops-stack/mlserver:1.7.1-1
 STACK=${STACK:-dev}
 MINIKUBE_CPUS=${MINIKUBE_CPUS:-4}
 MINIKUBE_MEMORY=${MINIKUBE_MEMORY:-8192}
@@ -49,6 +50,8 @@ if [ "${1:-}" != "--destroy" ]; then
   fi
   say "Building the MLflow server image inside minikube ($MLFLOW_IMAGE)"
   minikube image build -t "$MLFLOW_IMAGE" modules/mlflow/image
+  say "Building the MLServer image for registry models inside minikube ($MLSERVER_IMAGE)"
+  minikube image build -t "$MLSERVER_IMAGE" modules/serving/mlserver-image
 fi
 
 say "Local Pulumi state in $STATE_DIR (passphrase secrets, no Pulumi Cloud)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -105,4 +106,18 @@ def seldon_wrapper(interface: str, env: dict[str, str], timeout: float = 180) ->
                 "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
                 "--workers", "1", "--threads", "1"]
         with _server(args, {"PYTHONPATH": str(ROOT), **env}, "/health/ping", port, Path(tmp), timeout) as url:
+            yield url
+
+
+@contextmanager
+def mlflow_scoring_server(model_dir: Path, timeout: float = 120) -> Iterator[str]:
+    """`mlflow models serve` (the project's own MLflow, one worker) on the model in `model_dir`:
+    the local reference the serving runtimes are measured against (POST /invocations)."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent  # the scoring server starts its workers from PATH
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_dir), "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with tempfile.TemporaryDirectory(prefix="mlflow-serve-") as tmp:
+        env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+        with _server(command, env, "/ping", port, Path(tmp), timeout) as url:
             yield url

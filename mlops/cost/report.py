@@ -12,7 +12,7 @@ from infra.config import StackConfig
 from infra.settings import parse_stack_config, raw_from_pulumi_config
 from mlops.cost.estimate import Estimate, price_eks, price_gke
 from mlops.cost.needs import Needs, needs_of
-from mlops.cost.onprem import UTILISATIONS, BreakEven, Tco, break_even, curves, load_tco, price_onprem
+from mlops.cost.onprem import BreakEven, Tco, break_even, curves, load_tco, price_onprem
 from mlops.cost.prices import Target, price_file
 from mlops.cost.usage import Usage, load_usage
 
