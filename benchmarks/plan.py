@@ -1,8 +1,10 @@
-"""Benchmark: `mlops plan` wall time per stack and the dev stack's requested footprint.
+"""Benchmark: `mlops plan` wall time per stack, the dev stack's requested footprint, and how the
+program's evaluation time grows with the number of served models.
 
-Run: `.venv/bin/python benchmarks/plan.py [--runs 5]`. Each run is a fresh process, as a user or
-CI would start it (interpreter start and imports included). Writes benchmarks/results/plan.json
-and prints a Markdown table for the README.
+Run: `.venv/bin/python benchmarks/plan.py [--runs 5]`. Each per-stack run is a fresh process, as a
+user or CI would start it (interpreter start and imports included); the growth runs evaluate the
+dev program in-process (imports paid once) with 0…N registry models in `serving.models`. Writes
+benchmarks/results/plan.json and prints Markdown tables for the README.
 """
 
 from __future__ import annotations
@@ -38,10 +40,31 @@ def time_plan(stack: str, runs: int) -> tuple[list[float], dict]:
     return times, summary
 
 
+def time_models(counts: list[int], runs: int) -> list[dict]:
+    """The dev program with `n` registry models: median evaluation time and declared resources."""
+    from mlops.plan import run_program, stack_config
+
+    values, secrets = stack_config("dev")
+    rows = []
+    for n in counts:
+        models = {f"model-{i}": {"source": {"uri": f"s3://mlflow-artifacts/1/models/m-{i:04d}/artifacts"}}
+                  for i in range(n)}
+        config = ({**values, "mlops-stack:serving": json.dumps({"models": models})}, secrets)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            plan = run_program("dev", config)
+            times.append(time.perf_counter() - started)
+        rows.append({"models": n, "median_s": round(statistics.median(times), 3), "resources": len(plan.resources)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--write-readme", action="store_true", help="put the table into README.md")
+    parser.add_argument("--models", type=int, nargs="+", default=[0, 10, 50, 100])
+    parser.add_argument("--write-readme", action="store_true", help="put the tables into README.md")
     args = parser.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     results = {"date": date.today().isoformat(), "machine": machine, "runs": args.runs, "stacks": {}}
@@ -55,6 +78,7 @@ def main() -> None:
             "requests": summary["requests"],
             "job_requests_peak": summary.get("job_requests_peak"),
         }
+    results["growth"] = time_models(args.models, args.runs)
     out = ROOT / "benchmarks" / "results" / "plan.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     rows = ["| stack | `mlops plan` median (max) | resources | k8s objects | requests CPU | requests memory |",
@@ -63,10 +87,13 @@ def main() -> None:
         rows.append(f"| {stack} | {r['median_s']} s ({r['max_s']} s) | {r['resources']} | "
                     f"{r['kubernetes_objects']} | {r['requests']['cpu_m']} m | {r['requests']['memory_mib']} MiB |")
     table = "\n".join(rows)
+    growth = "\n".join(["| models in `serving.models` | dev program evaluation, median | resources |", "|---|---|---|",
+                        *(f"| {g['models']} | {g['median_s']} s | {g['resources']} |" for g in results["growth"])])
     print(f"Measured {results['date']} on {machine}, {args.runs} runs per stack (fresh process each):\n")
-    print(table)
+    print(table + "\n\n" + growth)
     if args.write_readme:
         update("benchmark:plan", table)
+        update("benchmark:plan-growth", growth)
 
 
 if __name__ == "__main__":

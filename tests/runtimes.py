@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from tests.services import free_port
+from tests.services import free_port, stop
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,12 +66,7 @@ def _server(command: list[str], env: dict[str, str], ready_path: str, port: int,
         wait_ready(url + ready_path, process, timeout, log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @contextmanager
