@@ -121,8 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if outputs is None:
         return 2
     try:
-        rest = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-        return train.run(args.workload, outputs, rest, insecure=args.insecure)
+        return train.run(args.workload, outputs, args.train_args, insecure=args.insecure)
     except ValueError as error:
         print(f"mlops train: {error}", file=sys.stderr)
         return 2
@@ -175,15 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     smoke.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
     smoke.set_defaults(run=cmd_smoke)
 
-    train = commands.add_parser("train", help="run a workload's training against a stack's MLflow")
+    train = commands.add_parser("train", help="run a workload's training against a stack's MLflow",
+                                usage="mlops train {energy,neo,mnist} --stack STACK [options] [-- TRAIN_ARGS ...]",
+                                epilog="arguments after `--` go to python -m workloads.<workload>.train")
     from mlops.train import WORKLOADS
 
     train.add_argument("workload", choices=WORKLOADS)
     train.add_argument("--stack", required=True, help=f"one of: {stacks}")
     train.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
     train.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
-    train.add_argument("train_args", nargs=argparse.REMAINDER,
-                       help="after `--`: arguments of python -m workloads.<workload>.train")
     train.set_defaults(run=cmd_train)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
@@ -192,7 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(cost, stacks)
     cost.set_defaults(run=cmd_cost)
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `mlops train … -- <args>`: what follows `--` belongs to the workload's own parser
+    passthrough: list[str] = []
+    if argv[:1] == ["train"] and "--" in argv:
+        argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    args.train_args = passthrough
     return args.run(args)
 
 

@@ -110,5 +110,5 @@ def test_mlops_train_runs_the_entry_point_against_a_stacks_mlflow(registered, se
     assert done.returncode == 0, done.stderr[-2000:]
     client = MlflowClient()
     challenger = client.get_model_version_by_alias(train.MODEL_NAME, "challenger")
-    assert int(challenger.version) == registered.version + 1
+    assert int(challenger.version) == int(registered.version) + 1
     assert client.get_model_version_by_alias(train.MODEL_NAME, "champion").version == str(registered.version)
