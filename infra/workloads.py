@@ -64,9 +64,9 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
             monitoring_namespace=monitoring_namespace,
         ), opts=after_opts)
         e = w.energy
-        database = _secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts)
+        database_secret = _secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts)
         EnergyWorkload("energy", EnergyArgs(
-            context=context(e.image, database_secret=database, pushgateway_url=pushgateway.url),
+            context=context(e.image, database_secret=database_secret, pushgateway_url=pushgateway.url),
             schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
             latitude=e.latitude, longitude=e.longitude,
         ), opts=after_opts)

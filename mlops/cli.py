@@ -167,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     diff.add_argument("--out", help="write the diff to this file instead of stdout")
     diff.set_defaults(run=cmd_diff)
 
+    def deployed_stack_arguments(command: argparse.ArgumentParser) -> None:
+        """A deployed stack, known by its outputs (`pulumi stack output`, or a saved copy)."""
+        command.add_argument("--stack", required=True, help=f"one of: {stacks}")
+        command.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+        command.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+
     smoke = commands.add_parser("smoke", help="check a deployed stack end to end (MLflow, Grafana, models)")
-    smoke.add_argument("--stack", required=True, help=f"one of: {stacks}")
-    smoke.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+    deployed_stack_arguments(smoke)
     smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
-    smoke.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
     smoke.set_defaults(run=cmd_smoke)
 
     train = commands.add_parser("train", help="run a workload's training against a stack's MLflow",
@@ -180,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlops.train import WORKLOADS
 
     train.add_argument("workload", choices=WORKLOADS)
-    train.add_argument("--stack", required=True, help=f"one of: {stacks}")
-    train.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
-    train.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+    deployed_stack_arguments(train)
     train.set_defaults(run=cmd_train)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")

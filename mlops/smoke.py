@@ -81,11 +81,16 @@ def model_ready_url(predict_url: str) -> str:
     return predict_url.removesuffix("/api/v1.0/predictions") + "/api/v1.0/health/status"
 
 
+def mlflow_admin(outputs: Mapping[str, Any]) -> tuple[str, str]:
+    """The MLflow admin login a stack exports (`mlflowAdminUsername`, secret `mlflowAdminPassword`)."""
+    return str(outputs.get("mlflowAdminUsername", "admin")), str(outputs.get("mlflowAdminPassword", ""))
+
+
 def run_checks(outputs: Mapping[str, Any], get: Get) -> list[Check]:
     checks = []
     mlflow = outputs.get("mlflowUrl")
     if mlflow:
-        admin = (outputs.get("mlflowAdminUsername", "admin"), str(outputs.get("mlflowAdminPassword", "")))
+        admin = mlflow_admin(outputs)
         search = f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
         checks += [
             _probe("mlflow health", get, f"{mlflow}/health", None,

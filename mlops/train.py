@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mlops.smoke import mlflow_admin
+
 WORKLOADS = ("energy", "neo", "mnist")
 
 
@@ -21,9 +23,8 @@ def training_env(outputs: Mapping[str, Any], insecure: bool) -> dict[str, str]:
     url = outputs.get("mlflowUrl")
     if not url:
         raise ValueError("the stack outputs have no mlflowUrl: is the stack up?")
-    env = {"MLFLOW_TRACKING_URI": str(url),
-           "MLFLOW_TRACKING_USERNAME": str(outputs.get("mlflowAdminUsername", "admin")),
-           "MLFLOW_TRACKING_PASSWORD": str(outputs.get("mlflowAdminPassword", ""))}
+    username, password = mlflow_admin(outputs)
+    env = {"MLFLOW_TRACKING_URI": str(url), "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}
     if insecure:
         env["MLFLOW_TRACKING_INSECURE_TLS"] = "true"  # the dev gateway's self-signed certificate
     return env

@@ -4,8 +4,8 @@ The stock `mlserver_mlflow.MLflowRuntime` (1.7.1) lets decoding errors and MLflo
 enforcement errors escape its V2 `predict`, so a request with a missing column or a string where
 the signature wants a number comes back as a 500: the client is told the server broke, and the
 5xx-ratio alert pages someone for a caller's mistake. Its own `/invocations` handler already maps
-schema errors to a 400; this does the same for V2. Selected with MLSERVER_MODEL_IMPLEMENTATION (the stack sets
-it on every registry model served from the project's MLServer image).
+schema errors to a 400; this does the same for V2. Selected with MLSERVER_MODEL_IMPLEMENTATION
+(the stack sets it on every registry model served from the project's MLServer image).
 """
 
 from __future__ import annotations
