@@ -114,6 +114,8 @@ class KubernetesConfig(Model):
     kubeconfig: str | None = Field(default=None, description="kubeconfig path; default ~/.kube/config")
     version: str = Field(description="Kubernetes minor version the manifests are validated against")
     storage_class: str | None = Field(default=None, description="StorageClass for PVCs; unset = cluster default")
+    load_balancers: bool = Field(description="the cluster gives LoadBalancer Services an address (a cloud, "
+                                             "MetalLB, kube-vip…); without one the gateway must not be a LoadBalancer")
 
     @field_validator("version")
     @classmethod
@@ -245,9 +247,19 @@ class ModelSourceConfig(Model):
     `image` (a custom model server image)."""
 
     uri: str | None = Field(default=None, description="s3://, gs:// or https:// artifact URI of a model version")
-    runtime: Literal["mlflow", "sklearn"] = "mlflow"
+    runtime: Literal["mlflow"] = Field(default="mlflow", description="registry models run on the project's "
+                                       "MLServer image with its MLflow runtime")
     image: Image | None = None
     protocol: Literal["seldon", "v2"] = Field(default="seldon", description="protocol of a custom image")
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, v: object) -> object:
+        if v == "sklearn":
+            raise ValueError("'sklearn' is not served: Seldon's SKLEARN_SERVER image (seldonio/mlserver:1.3.5-sklearn) "
+                             "loads .joblib/.pkl files, and MLflow 3 saves scikit-learn models as skops; use "
+                             "'mlflow' (the default), which loads any MLflow model flavour")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSourceConfig:

@@ -27,7 +27,7 @@ MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
 MLSERVER_IMAGE = {"repository": "mlops-stack/mlserver", "tag": "1.7.1-1"}
 
 BASE: dict[str, Any] = {
-    "kubernetes": {"version": "1.34"},
+    "kubernetes": {"version": "1.34", "loadBalancers": False},
     "namespaces": {
         "platform": "mlops-platform",
         "mlflow": "mlflow",
@@ -224,8 +224,8 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
 PLATFORM: dict[str, dict[str, Any]] = {
     "minikube": {"kubernetes": {"context": "minikube", "storageClass": "standard"}},
     "existing": {},
-    "gke": {"kubernetes": {"storageClass": "standard-rwo"}},  # GKE's default pd-balanced CSI class
-    "eks": {"kubernetes": {"storageClass": "gp3"}},  # created by the EKS platform as the default class
+    "gke": {"kubernetes": {"storageClass": "standard-rwo", "loadBalancers": True}},  # GKE's default pd-balanced CSI class
+    "eks": {"kubernetes": {"storageClass": "gp3", "loadBalancers": True}},  # created by the EKS platform as the default class
 }
 
 # The config section each cloud platform reads; the other cloud's section is dropped from the defaults.

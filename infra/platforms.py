@@ -15,7 +15,7 @@ from infra.config import StackConfig
 from infra.settings import bucket_names, name_prefix
 from modules.mlflow import AUTH_DATABASE
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
-from modules.platform.contract import Platform
+from modules.platform.contract import ClusterFacts, Platform
 
 WORKLOADS_DATABASE = "workloads"  # readings, weather and predictions of the energy workload
 from modules.platform.incluster import InClusterPlatform, InClusterSettings
@@ -35,6 +35,27 @@ def make_platform(config: StackConfig) -> Platform:
     from modules.platform.eks import EksPlatform
 
     return EksPlatform(_eks_settings(config))
+
+
+# Classes each cloud creates in every cluster (GKE's Compute Engine PD CSI classes; EKS keeps gp2,
+# no longer the default since 1.30, so the platform makes gp3).
+PLATFORM_STORAGE_CLASSES = {"minikube": {"standard"}, "gke": {"standard-rwo", "standard", "premium-rwo"},
+                            "eks": {"gp2"}, "existing": set()}
+# Images `make up` builds inside minikube (scripts/up.sh); no other cluster has them.
+MINIKUBE_LOCAL_IMAGES = frozenset({"mlops-stack/mlflow-server", "mlops-stack/mlserver"})
+
+
+def cluster_facts(config: StackConfig) -> ClusterFacts:
+    """What the chosen cluster provides by itself; an existing cluster's StorageClass is the one
+    its operator names in `kubernetes.storageClass`."""
+    k = config.kubernetes
+    classes = PLATFORM_STORAGE_CLASSES[config.platform] | ({k.storage_class} if k.storage_class else set())
+    return ClusterFacts(
+        load_balancers=k.load_balancers,
+        storage_classes=frozenset(classes),
+        default_storage_class=config.platform != "eks",
+        local_images=MINIKUBE_LOCAL_IMAGES if config.platform == "minikube" else frozenset(),
+    )
 
 
 def _in_cluster_settings(config: StackConfig) -> InClusterSettings:

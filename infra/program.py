@@ -33,6 +33,7 @@ from modules.serving.contract import (
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
 
 MODEL_SERVER_ACCOUNT = "model-server"
+SELDON_NAMESPACE = "seldon-system"
 
 
 def declare(config: StackConfig) -> None:
@@ -46,6 +47,8 @@ def declare(config: StackConfig) -> None:
             "platform": (ns.platform, "restricted"),
             "mlflow": (ns.mlflow, "restricted"),
             "serving": (ns.serving, "baseline"),
+            # the operator's release namespace: Helm creates none, and the chart has no template for it
+            "seldon": (SELDON_NAMESPACE, "restricted"),
             "monitoring": (ns.monitoring, "privileged"),  # node-exporter reads the host
             **({"workloads": (ns.workloads, "restricted")} if config.workloads.any_enabled else {}),
         }),
@@ -97,7 +100,7 @@ def declare(config: StackConfig) -> None:
         declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
                           admin_password, database, k8s_opts, after=[mlflow, monitoring])
 
-    engine = _serving_engine(config, gateway, k8s_opts)
+    engine = _serving_engine(config, gateway, namespaces.names["seldon"], k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
 
     _ci(config, platform, namespaces.names["serving"], k8s_opts)
@@ -225,12 +228,13 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequ
     )
 
 
-def _serving_engine(config: StackConfig, gateway: IstioGateway, opts: pulumi.ResourceOptions) -> ServingEngine:
+def _serving_engine(config: StackConfig, gateway: IstioGateway, namespace: pulumi.Output[str],
+                    opts: pulumi.ResourceOptions) -> ServingEngine:
     s = config.serving.seldon
     return SeldonCore(
         "serving",
         SeldonCoreArgs(
-            namespace="seldon-system",
+            namespace=namespace,
             version=s.version,
             istio_gateway=gateway.gateway,
             gateway_host=f"models.{config.gateway.domain}",
@@ -239,7 +243,7 @@ def _serving_engine(config: StackConfig, gateway: IstioGateway, opts: pulumi.Res
             mlserver_image=(s.mlserver_image.repository, s.mlserver_image.version),
             mlflow_runtime=s.mlflow_runtime,
         ),
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[gateway.ready])),
+        opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])),
     )
 
 

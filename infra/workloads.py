@@ -48,7 +48,7 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
     w = config.workloads
     if not w.any_enabled:
         return
-    after_opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=after))
+    after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
     tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
                                                                               admin_password))), opts)
 

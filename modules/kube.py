@@ -91,3 +91,16 @@ def ingress_policy(name: str, namespace: pulumi.Input[str], component: str, pods
         spec={"pod_selector": {"match_labels": selector(pods)}, "policy_types": ["Ingress"], "ingress": rules},
         opts=opts,
     )
+
+
+def after(resources: list[pulumi.Resource]) -> pulumi.ResourceOptions:
+    """`depends_on` that reaches a component's children. Pulumi gives a component's own
+    `depends_on` to none of the resources it creates, so a SeldonDeployment would race the operator
+    that installs its CRD; a transformation is inherited by every descendant and adds the wait there."""
+    deps = list(resources)
+
+    def wait(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult:
+        return pulumi.ResourceTransformationResult(
+            args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(depends_on=deps)))
+
+    return pulumi.ResourceOptions(depends_on=deps, transformations=[wait])

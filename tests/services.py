@@ -124,8 +124,10 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
-                  database: str = "mlruns", auth_database: str = "mlflow_auth") -> Iterator[MlflowServer]:
-    """`mlflow db upgrade`, then the platform's exact server command, against real services."""
+                  database: str = "mlruns", auth_database: str = "mlflow_auth",
+                  extra_env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    """`mlflow db upgrade`, then the platform's exact server command, against real services
+    (`extra_env`: settings a test takes from the plan, e.g. the allowed hosts)."""
     work = Path(tempfile.mkdtemp(prefix="mlops-mlflow-"))
     (work / "auth.ini").write_text(auth_ini(db.uri(auth_database), "READ"))
     bin_dir = Path(sys.executable).parent
@@ -141,6 +143,7 @@ def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
+        **(extra_env or {}),
     }
     subprocess.run(["mlflow", "db", "upgrade", db.uri(database)], env=env, check=True, capture_output=True)
     port = free_port()

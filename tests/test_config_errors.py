@@ -44,6 +44,11 @@ INVALID = [
      ["mlops-stack:kubernetes.version: got \"1.19\"", "'1.25' to '1.37'"]),
     ({"platform": "minikube", "environment": "dev", "namespaces": {"mlflow": "MLflow"}},
      ["mlops-stack:namespaces.mlflow: got \"MLflow\"", "DNS label"]),
+    ({"platform": "minikube", "environment": "dev",
+      "serving": {"models": {"neo": {"source": {"uri": "s3://mlflow-artifacts/1/m", "runtime": "sklearn"}}}}},
+     ["mlops-stack:serving.models.neo.source.runtime: got \"sklearn\"", "skops", "use 'mlflow'"]),
+    ({"platform": "existing", "environment": "prod", "kubernetes": {"context": "lab", "loadBalancers": "maybe"}},
+     ["mlops-stack:kubernetes.loadBalancers: got \"maybe\""]),
     ({"platform": "minikube", "environment": "dev", "mlflow": {"adminPassword": "hunter2"}},
      ["mlops-stack:mlflow.adminPassword: stored in plain text", "pulumi config set --secret"]),
 ]

@@ -148,7 +148,11 @@ def test_models_become_valid_seldon_deployments(with_models):
         assert server["env"] == [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlops_mlserver.MLflowRuntime"}]
     container = mnist["spec"]["predictors"][0]["componentSpecs"][0]
     assert container["spec"]["containers"][0]["image"] == "registry.local/mnist-server:3f2c1a9"
-    assert container["hpaSpec"]["maxReplicas"] == 3
+    # Seldon 1.17.1: the autoscaling/v2 shape lives in `metricsv2`; in `metrics` (v2beta1) the CRD
+    # prunes `target` and the operator builds an HPA the API server rejects
+    assert container["hpaSpec"] == {"minReplicas": 1, "maxReplicas": 3, "metricsv2": [{
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]}
     assert container["spec"]["serviceAccountName"] == "model-server"
 
 

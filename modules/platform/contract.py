@@ -28,6 +28,17 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class ClusterFacts:
+    """What the target cluster provides before the plan runs (mlops/integrity.py checks the plan
+    against it): Helm waits for a LoadBalancer address forever where nothing hands one out."""
+
+    load_balancers: bool  # a LoadBalancer Service gets an address (cloud, MetalLB, kube-vip…)
+    storage_classes: frozenset[str] = frozenset()  # classes that exist before the plan runs
+    default_storage_class: bool = True  # a PVC without storageClassName is provisioned
+    local_images: frozenset[str] = frozenset()  # repositories loaded into the nodes (`make up`)
+
+
+@dataclass(frozen=True)
 class Database:
     """A PostgreSQL database and the credentials of its owner (password is a Pulumi secret)."""
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 import pulumi
 
-Runtime = Literal["mlflow", "sklearn"]
+Runtime = Literal["mlflow"]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from modules import kube
 from modules.serving.contract import (
+    Autoscaling,
     CustomImage,
     DeployedModel,
     ModelDeploymentArgs,
@@ -27,7 +28,7 @@ from modules.serving.contract import (
 CHART = "seldon-core-operator"
 CHART_REPO = "https://storage.googleapis.com/seldon-charts"
 API_VERSION = "machinelearning.seldon.io/v1"
-IMPLEMENTATIONS = {"mlflow": "MLFLOW_SERVER", "sklearn": "SKLEARN_SERVER"}
+IMPLEMENTATIONS = {"mlflow": "MLFLOW_SERVER"}
 # Prepackaged servers and the protocols Seldon Core 1.17 serves them with (Seldon docs, "Prepackaged
 # Model Servers"); their model is fetched by the rclone storage initializer.
 PREPACKAGED_PROTOCOLS = {
@@ -39,6 +40,8 @@ PREPACKAGED_PROTOCOLS = {
     "HUGGINGFACE_SERVER": {"v2"},
 }
 STOCK_MLFLOW_RUNTIME = "mlserver_mlflow.MLflowRuntime"
+MANAGER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 STORAGE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://")
 
 
@@ -80,7 +83,10 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
                 "istio": {"enabled": True, "gateway": args.istio_gateway},
                 "crd": {"create": True},
                 "manager": {"cpuRequest": m["cpu"], "cpuLimit": m["cpu_limit"],
-                            "memoryRequest": m["memory"], "memoryLimit": m["memory_limit"]},
+                            "memoryRequest": m["memory"], "memoryLimit": m["memory_limit"],
+                            # with the chart's pod-level runAsUser 8888, this passes the
+                            # `restricted` Pod Security Standard of the operator's namespace
+                            "containerSecurityContext": MANAGER_SECURITY},
                 "executor": {"resources": {"cpuRequest": e["cpu"], "cpuLimit": e["cpu_limit"],
                                            "memoryRequest": e["memory"], "memoryLimit": e["memory_limit"]}},
                 "predictor_servers": {
@@ -95,7 +101,7 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
     def deploy(self, name: str, args: ModelDeploymentArgs,
                opts: pulumi.ResourceOptions | None = None) -> DeployedModel:
         return SeldonModel(name, args, self._args.gateway_host, self._args.mlflow_runtime,
-                           pulumi.ResourceOptions.merge(pulumi.ResourceOptions(depends_on=[self.release]), opts))
+                           pulumi.ResourceOptions.merge(kube.after([self.release]), opts))
 
 
 def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow_runtime: str) -> dict[str, Any]:
@@ -114,15 +120,23 @@ def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow
         pod["serviceAccountName"] = args.service_account
     component: dict[str, Any] = {"spec": pod}
     if args.autoscaling is not None:
-        a = args.autoscaling
-        component["hpaSpec"] = {
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": [{"type": "Resource", "resource": {
-                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_percent}}}],
-        }
+        component["hpaSpec"] = hpa_spec(args.autoscaling)
     return {"name": name, "replicas": args.replicas, "graph": graph, "componentSpecs": [component],
             "labels": {"app.kubernetes.io/part-of": kube.PART_OF}}
+
+
+def hpa_spec(a: Autoscaling) -> dict[str, Any]:
+    """Seldon 1.17.1's SeldonHpaSpec: `metrics` holds autoscaling/v2beta1 MetricSpecs (and, when set,
+    overrides everything else); the autoscaling/v2 shape Kubernetes 1.26+ serves goes in
+    `metricsv2`, which the operator copies into the HPA as it is (operator/controllers/
+    seldondeployment_controller.go `createHpa`). A v2 `target` under `metrics` is pruned by the CRD
+    and leaves an HPA the API server rejects."""
+    return {
+        "minReplicas": a.min_replicas,
+        "maxReplicas": a.max_replicas,
+        "metricsv2": [{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_percent}}}],
+    }
 
 
 def _protocol(source: ModelSource) -> str:
