@@ -41,11 +41,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from infra.platforms import cluster_facts
     from mlops.validate import validate_plan
 
     config, plan = _load(args.stack, args.stacks_dir)
     print(f"config of {args.stack!r}: valid ({config.platform}, {config.environment})")
-    report = validate_plan(plan, config.kubernetes.version)
+    report = validate_plan(plan, config.kubernetes.version, cluster_facts(config))
     print(report.render())
     return 0 if report.ok else 1
 

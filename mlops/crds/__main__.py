@@ -1,0 +1,3 @@
+from mlops.crds import main
+
+main()
