@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from infra.config_images import ImagesConfig
+
 Platform = Literal["minikube", "existing", "gke", "eks"]
 Environment = Literal["dev", "staging", "prod"]
 
@@ -849,6 +851,7 @@ class StackConfig(Model):
     monitoring: MonitoringConfig
     ci: CiConfig
     workloads: WorkloadsConfig
+    images: ImagesConfig
     gcp: GcpConfig | None = None
     aws: AwsConfig | None = None
 

@@ -14,11 +14,12 @@ from pydantic import BaseModel, ValidationError
 
 from infra.config import StackConfig
 from infra.defaults import CLOUD_SECTION, deep_merge, with_defaults
+from infra.images import image_problems
 
 PROJECT = "mlops-stack"
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
 SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"),
-                ("ci", "runners", "githubToken"))
+                ("ci", "runners", "githubToken"), ("images", "password"))
 
 
 class ConfigError(Exception):
@@ -244,6 +245,22 @@ def _cloud_checks(config: StackConfig) -> list[str]:
     return problems
 
 
+def _gateway_checks(config: StackConfig) -> list[str]:
+    """Gateway exposures the cluster cannot serve (docs/decisions/0005-gateway-exposure.md)."""
+    g, problems = config.gateway, []
+    if g.service_type == "LoadBalancer" and not config.kubernetes.load_balancers:
+        problems.append(_problem("gateway.serviceType", g.service_type,
+                                 "this cluster hands out no LoadBalancer addresses (kubernetes.loadBalancers is "
+                                 "false), so Helm would wait for one until the release rolls back: allowed "
+                                 "ClusterIP or NodePort, or set kubernetes.loadBalancers true if a provisioner "
+                                 "(MetalLB, kube-vip, a running `minikube tunnel`) gives addresses"))
+    if g.tls.enabled and g.tls.issuer == "letsencrypt" and g.service_type != "LoadBalancer":
+        problems.append(_problem("gateway.tls.issuer", g.tls.issuer,
+                                 f"Let's Encrypt checks each name over HTTP-01 on port 80, which a {g.service_type} "
+                                 "gateway does not listen on: allowed with gateway.serviceType LoadBalancer"))
+    return problems
+
+
 def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = None,
                        stack: str | None = None) -> StackConfig:
     """Validate `raw` layered over its defaults; raise ConfigError listing every problem.
@@ -258,7 +275,9 @@ def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = Non
     except ValidationError as exc:
         problems.extend(_describe(e) for e in exc.errors())
         raise ConfigError(problems) from None
-    problems += _cloud_checks(config) + (_name_checks(config, stack) if stack is not None else [])
+    problems += _cloud_checks(config) + _gateway_checks(config) + (
+        _name_checks(config, stack) if stack is not None else [])
+    problems += image_problems(config)
     if problems:
         raise ConfigError(problems)
     return config

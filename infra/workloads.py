@@ -16,6 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import Image, StackConfig
+from infra.images import StackImages
 from infra.platforms import WORKLOADS_DATABASE
 from modules import kube
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
@@ -43,7 +44,7 @@ def _secret(name: str, namespace: pulumi.Input[str], data: dict[str, pulumi.Inpu
 
 def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitoring_namespace: pulumi.Input[str],
                       tracking_uri: pulumi.Input[str], admin_password: pulumi.Input[str], database: Database,
-                      opts: pulumi.ResourceOptions, after: list[pulumi.Resource]) -> None:
+                      images: StackImages, opts: pulumi.ResourceOptions, after: list[pulumi.Resource]) -> None:
     """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring)."""
     w = config.workloads
     if not w.any_enabled:
@@ -52,8 +53,9 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
     tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
                                                                               admin_password))), opts)
 
-    def context(image: Image, **extra: Any) -> WorkloadContext:
-        return WorkloadContext(namespace=namespace, image=image.ref, tracking_uri=tracking_uri,
+    def context(name: str, image: Image, **extra: Any) -> WorkloadContext:
+        return WorkloadContext(namespace=namespace, image=images.ref(f"workloads.{name}.image", image),
+                               tracking_uri=tracking_uri,
                                tracking_secret=tracking, timezone=w.time_zone, **extra)
 
     if w.energy.enabled:
@@ -66,11 +68,11 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
         e = w.energy
         database_secret = _secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts)
         EnergyWorkload("energy", EnergyArgs(
-            context=context(e.image, database_secret=database_secret, pushgateway_url=pushgateway.url),
+            context=context("energy", e.image, database_secret=database_secret, pushgateway_url=pushgateway.url),
             schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
             latitude=e.latitude, longitude=e.longitude,
         ), opts=after_opts)
     if w.neo.enabled:
-        NeoWorkload("neo", NeoArgs(context=context(w.neo.image), data_url=w.neo.data_url), opts=after_opts)
+        NeoWorkload("neo", NeoArgs(context=context("neo", w.neo.image), data_url=w.neo.data_url), opts=after_opts)
     if w.mnist.enabled:
-        MnistWorkload("mnist", MnistArgs(context=context(w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)
+        MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)

@@ -7,6 +7,7 @@ Secrets are replaced by "[secret]" before anything is kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import shutil
@@ -166,6 +167,11 @@ def _computed(typ: str, i: dict[str, Any], region: str) -> dict[str, Any]:
                 "arn": f"arn:aws:ecr:{region}:{FAKE_ACCOUNT}:repository/{i['name']}"}
     if typ == "aws:ec2/launchTemplate:LaunchTemplate":
         return {"latestVersion": 1}
+    if typ == "docker-build:index:Image" and i.get("push"):
+        # a pushed build's manifest digest, derived from what is built (never from credentials)
+        built = {k: i.get(k) for k in ("tags", "context", "dockerfile", "target", "platforms")}
+        digest = "sha256:" + hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()
+        return {"digest": digest, "ref": f"{i['tags'][0]}@{digest}"}
     return {}
 
 

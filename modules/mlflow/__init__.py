@@ -29,7 +29,7 @@ AUTH_DATABASE = "mlflow_auth"
 @dataclass(frozen=True)
 class MlflowArgs:
     namespace: pulumi.Input[str]
-    image: str
+    image: pulumi.Input[str]  # a stack-built image is an Output (its digest is known after the push)
     database: Database
     artifacts: ObjectStore
     admin_username: str

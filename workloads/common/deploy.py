@@ -24,7 +24,7 @@ DATABASE_KEY = "DATABASE_URL"  # postgresql://user:password@host:5432/dbname
 @dataclass(frozen=True)
 class WorkloadContext:
     namespace: pulumi.Input[str]
-    image: str  # the workload image, content-addressed tag (git SHA), never `latest`
+    image: pulumi.Input[str]  # the workload image: content-addressed tag (git SHA) or the stack's build digest
     tracking_uri: pulumi.Input[str]  # in-cluster MLflow URL, e.g. http://mlflow.mlflow.svc:5000
     tracking_secret: pulumi.Input[str]  # Secret with TRACKING_KEYS
     database_secret: pulumi.Input[str] | None = None  # Secret with DATABASE_KEY (workload tables)
@@ -46,8 +46,11 @@ class Resources:
         return {"requests": {"cpu": self.cpu, "memory": self.memory}, "limits": {"memory": self.memory_limit}}
 
 
-def require_pinned(image: str, workload: str) -> None:
-    """A workload image must name one build: a tag other than `latest`, or a digest."""
+def require_pinned(image: pulumi.Input[str], workload: str) -> None:
+    """A workload image must name one build: a tag other than `latest`, or a digest (which the stack's own
+    builds, Outputs, always carry)."""
+    if not isinstance(image, str):
+        return
     tag = image.rsplit("/", 1)[-1]
     if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
         raise ValueError(f"{workload} image {image!r}: pin it by tag (not 'latest') or digest")
