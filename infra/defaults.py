@@ -17,11 +17,12 @@ POSTGRES_IMAGE = {"repository": "docker.io/library/postgres", "tag": "17.6-bookw
 SEAWEEDFS_IMAGE = {"repository": "docker.io/chrislusf/seaweedfs", "tag": "4.47"}
 POSTGRES_EXPORTER_IMAGE = {"repository": "quay.io/prometheuscommunity/postgres-exporter", "tag": "v0.20.0"}
 AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
-# Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers);
-# `make up` builds it into minikube, CI pushes it to the stack's registry.
 PUSHGATEWAY_IMAGE = {"repository": "quay.io/prometheus/pushgateway", "tag": "v1.11.1"}
 # GitHub's runner image; bump with each runner release (GitHub refuses runners older than ~30 days).
 RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"}
+# Project images (`mlops-stack/<name>`): `make up` builds them into minikube; elsewhere `images.mode:
+# build` builds and pushes them (tag <tag>-<content hash>, pods use the digest).
+# Built from modules/mlflow/image/Dockerfile (official MLflow image + PostgreSQL/S3/metrics drivers).
 MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
 # Built from modules/serving/mlserver-image (seldonio/mlserver:1.7.1-mlflow + the workloads' MLflow pins).
 MLSERVER_IMAGE = {"repository": "mlops-stack/mlserver", "tag": "1.7.1-1"}
@@ -63,10 +64,11 @@ BASE: dict[str, Any] = {
     "gateway": {
         "istioVersion": "1.30.3",
         "domain": "localtest.me",  # public DNS: *.localtest.me resolves to 127.0.0.1
-        "serviceType": "LoadBalancer",
+        "serviceType": "LoadBalancer",  # clouds; minikube and existing clusters override it below
         "replicas": 1,
         "istiodResources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "1Gi"},
-        "gatewayResources": {"cpu": "50m", "memory": "128Mi", "memoryLimit": "512Mi"},
+        # an explicit CPU limit: the gateway chart keeps its own 2000m otherwise (modules/gateway)
+        "gatewayResources": {"cpu": "50m", "memory": "128Mi", "cpuLimit": "1", "memoryLimit": "512Mi"},
         "tls": {"enabled": False, "issuer": "selfsigned", "certManagerVersion": "v1.20.2"},
     },
     "serving": {
@@ -106,6 +108,9 @@ BASE: dict[str, Any] = {
         "neo": {"image": {"repository": "mlops-stack/neo", "tag": "0.1.0"}},
         "mnist": {"image": {"repository": "mlops-stack/mnist", "tag": "0.1.0"}, "epochs": 10},
     },
+    # the project's images (infra/images.py): `make up` loads them into minikube (local), `pulumi up`
+    # builds and pushes them (build, existing clusters), or the stack names pushed ones (prebuilt)
+    "images": {"mode": "prebuilt", "platforms": ["linux/amd64"]},
     "ci": {
         "runners": {
             "enabled": False,
@@ -222,8 +227,12 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
 }
 
 PLATFORM: dict[str, dict[str, Any]] = {
-    "minikube": {"kubernetes": {"context": "minikube", "storageClass": "standard"}},
-    "existing": {},
+    # no load-balancer provisioner by default (kubernetes.loadBalancers), so the gateway is not a
+    # LoadBalancer: minikube reaches it through `kubectl port-forward` (scripts/up.sh), bare metal
+    # on fixed node ports (docs/decisions/0005-gateway-exposure.md)
+    "minikube": {"images": {"mode": "local"}, "kubernetes": {"context": "minikube", "storageClass": "standard"},
+                 "gateway": {"serviceType": "ClusterIP"}},
+    "existing": {"images": {"mode": "build"}, "gateway": {"serviceType": "NodePort"}},
     "gke": {"kubernetes": {"storageClass": "standard-rwo", "loadBalancers": True}},  # GKE's default pd-balanced CSI class
     "eks": {"kubernetes": {"storageClass": "gp3", "loadBalancers": True}},  # created by the EKS platform as the default class
 }

@@ -10,13 +10,14 @@ import pulumi_random as random
 from pydantic import SecretStr
 
 from infra.config import ModelSourceConfig, ServedModelConfig, StackConfig
+from infra.images import StackImages, declare_images
 from infra.platforms import make_platform
 from infra.workloads import declare_workloads
 from modules import kube
 from modules.ci.github import GithubOidc
 from modules.ci.rbac import ModelDeployerAccess
 from modules.ci.runners import GithubRunners, RunnersArgs
-from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls
+from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls, public_url
 from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
 from modules.monitoring import Monitoring, MonitoringArgs, ScrapeTarget
@@ -39,6 +40,7 @@ SELDON_NAMESPACE = "seldon-system"
 def declare(config: StackConfig) -> None:
     platform = make_platform(config)
     cluster = platform.cluster()
+    images = declare_images(config, platform)
     k8s_opts = pulumi.ResourceOptions(providers=[cluster.provider])
     ns = config.namespaces
     namespaces = Namespaces(
@@ -71,7 +73,7 @@ def declare(config: StackConfig) -> None:
         "mlflow",
         MlflowArgs(
             namespace=namespaces.names["mlflow"],
-            image=config.mlflow.image.ref,
+            image=images.ref("mlflow.image", config.mlflow.image),
             database=database,
             artifacts=object_store,
             admin_username=config.mlflow.admin_username,
@@ -98,27 +100,28 @@ def declare(config: StackConfig) -> None:
                              k8s_opts)
     if "workloads" in namespaces.names:
         declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
-                          admin_password, database, k8s_opts, after=[mlflow, monitoring])
+                          admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
 
-    engine = _serving_engine(config, gateway, namespaces.names["seldon"], k8s_opts)
+    engine = _serving_engine(config, gateway, namespaces.names["seldon"], images, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
 
     _ci(config, platform, namespaces.names["serving"], k8s_opts)
 
-    scheme = "https" if config.gateway.tls.enabled else "http"
     pulumi.export("platform", config.platform)
     pulumi.export("environment", config.environment)
     pulumi.export("clusterName", cluster.name)
     pulumi.export("namespaces", namespaces.names)
     pulumi.export("buckets", dict(object_store.buckets))
-    pulumi.export("mlflowUrl", f"{scheme}://mlflow.{domain}")
+    pulumi.export("mlflowUrl", gateway.url(f"mlflow.{domain}"))
     pulumi.export("mlflowInClusterUrl", mlflow.url)
     pulumi.export("mlflowPortForward", mlflow.port_forward)
     pulumi.export("mlflowAdminUsername", config.mlflow.admin_username)
     pulumi.export("mlflowAdminPassword", admin_password)
-    pulumi.export("grafanaUrl", f"{scheme}://grafana.{domain}")
+    pulumi.export("grafanaUrl", gateway.url(f"grafana.{domain}"))
     pulumi.export("grafanaAdminPassword", grafana_password)
-    pulumi.export("modelsBaseUrl", f"{scheme}://models.{domain}/seldon/{ns.serving}/")
+    pulumi.export("modelsBaseUrl", f"{gateway.url(f'models.{domain}')}/seldon/{ns.serving}/")
+    if gateway.port_forward is not None:
+        pulumi.export("gatewayPortForward", gateway.port_forward)
     pulumi.export("modelUrls", model_urls)
     if cluster.kubeconfig is not None:
         pulumi.export("kubeconfig", cluster.kubeconfig)
@@ -179,7 +182,7 @@ def _gateway(config: StackConfig, service_annotations: Mapping[str, str],
         IstioGatewayArgs(
             namespace="istio-system",
             version=g.istio_version,
-            domain=g.domain,
+            hosts=[f"{service}.{g.domain}" for service in ("mlflow", "grafana", "models")],
             service_type=g.service_type,
             istiod_resources=g.istiod_resources.to_k8s(),
             gateway_resources=g.gateway_resources.to_k8s(),
@@ -215,7 +218,8 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequ
             storage_class=config.kubernetes.storage_class,
             resources=resources,
             grafana_admin_password=grafana_password,
-            grafana_host=f"grafana.{config.gateway.domain}",
+            grafana_url=public_url(f"grafana.{config.gateway.domain}", config.gateway.service_type,
+                                   config.gateway.tls.enabled),
             targets=[
                 ScrapeTarget("mlflow", namespaces.names["mlflow"], kube.selector("mlflow"), "http",
                              basic_auth_secret=scrape_auth.metadata.name),
@@ -229,18 +233,19 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequ
 
 
 def _serving_engine(config: StackConfig, gateway: IstioGateway, namespace: pulumi.Output[str],
-                    opts: pulumi.ResourceOptions) -> ServingEngine:
+                    images: StackImages, opts: pulumi.ResourceOptions) -> ServingEngine:
     s = config.serving.seldon
+    mlserver = images.resolve("serving.seldon.mlserverImage", s.mlserver_image)
     return SeldonCore(
         "serving",
         SeldonCoreArgs(
             namespace=namespace,
             version=s.version,
             istio_gateway=gateway.gateway,
-            gateway_host=f"models.{config.gateway.domain}",
+            gateway_host=gateway.url(f"models.{config.gateway.domain}"),
             manager_resources=s.manager_resources.model_dump(),
             executor_resources=s.executor_resources.model_dump(),
-            mlserver_image=(s.mlserver_image.repository, s.mlserver_image.version),
+            mlserver_image=(mlserver.repository, mlserver.version),
             mlflow_runtime=s.mlflow_runtime,
         ),
         opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])),
