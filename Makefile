@@ -1,5 +1,5 @@
 # mlops-stack — the two commands of the README, and a few helpers.
-#   make up     set up everything and bring the dev stack up on minikube
+#   make up     set up everything and bring the dev stack up on minikube (make forward: its port-forward again)
 #   make test   install the test dependencies and run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -7,10 +7,14 @@ VENV := .venv
 TOOLS := $(VENV)/tools
 STACK ?= dev
 
-.PHONY: up test venv test-deps plan validate mlflow-image mlserver-image down clean
+.PHONY: up forward test venv test-deps plan validate down clean
 
 up:
 	./scripts/up.sh
+
+# the gateway's port-forward again (after a reboot or a minikube restart), and the URLs it serves
+forward:
+	./scripts/up.sh --forward
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,12 +54,6 @@ plan: venv
 
 validate: venv
 	$(VENV)/bin/mlops validate --stack $(STACK)
-
-mlflow-image:
-	minikube image build -t mlops-stack/mlflow-server:3.17.2-1 modules/mlflow/image
-
-mlserver-image:
-	minikube image build -t mlops-stack/mlserver:1.7.1-1 modules/serving/mlserver-image
 
 down:
 	./scripts/up.sh --destroy

@@ -225,7 +225,8 @@ class GatewayConfig(Model):
     istio_version: str = Field(description="Istio Helm charts version (base, istiod, gateway)")
     domain: str = Field(description="hosts are mlflow.<domain>, grafana.<domain>; models under /seldon/ on any host")
     service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
-        description="Service type of the ingress gateway (minikube: `minikube tunnel` serves LoadBalancer)")
+        description="Service type of the ingress gateway: ClusterIP (minikube: `make up` port-forwards it), "
+                    "NodePort (existing: 30080/30443), LoadBalancer (gke/eks; needs kubernetes.loadBalancers)")
     replicas: int = Field(ge=1, le=10)
     istiod_resources: Resources
     gateway_resources: Resources

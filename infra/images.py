@@ -172,3 +172,27 @@ def declare_images(config: StackConfig, platform: Platform,
     images = PlatformImages("images", PlatformImagesArgs(registry=registry, builds=builds,
                                                          platforms=tuple(i.platforms), auth=auth), opts)
     return StackImages({key: images.images[name] for key, name in slots.items()})
+
+
+@dataclass(frozen=True)
+class LocalBuild:
+    """An image `make up` builds inside minikube's node: `ref` from this context and Dockerfile."""
+
+    ref: str
+    context: Path
+    dockerfile: Path
+    target: str | None
+
+
+def local_builds(config: StackConfig) -> list[LocalBuild]:
+    """The project images a `mode: local` stack runs, so `make up` builds exactly those (enabled
+    workloads included) and nothing else."""
+    if config.images.mode != "local":
+        return []
+    builds = []
+    for key, image in used_images(config):
+        name = PROJECT_SLOTS.get(key)
+        if name is not None and image.repository == LOCAL_PREFIX + name:
+            context, dockerfile, target = PROJECT_BUILDS[name]
+            builds.append(LocalBuild(image.ref, context, dockerfile or context / "Dockerfile", target))
+    return builds

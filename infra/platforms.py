@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pulumi
 
 from infra.config import StackConfig
+from infra.images import local_builds
 from infra.settings import bucket_names, name_prefix
 from modules.mlflow import AUTH_DATABASE
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
@@ -41,8 +42,6 @@ def make_platform(config: StackConfig) -> Platform:
 # no longer the default since 1.30, so the platform makes gp3).
 PLATFORM_STORAGE_CLASSES = {"minikube": {"standard"}, "gke": {"standard-rwo", "standard", "premium-rwo"},
                             "eks": {"gp2"}, "existing": set()}
-# Images `make up` builds inside minikube (scripts/up.sh); no other cluster has them.
-MINIKUBE_LOCAL_IMAGES = frozenset({"mlops-stack/mlflow-server", "mlops-stack/mlserver"})
 
 
 def cluster_facts(config: StackConfig) -> ClusterFacts:
@@ -54,7 +53,8 @@ def cluster_facts(config: StackConfig) -> ClusterFacts:
         load_balancers=k.load_balancers,
         storage_classes=frozenset(classes),
         default_storage_class=config.platform != "eks",
-        local_images=MINIKUBE_LOCAL_IMAGES if config.platform == "minikube" else frozenset(),
+        # what `make up` builds into minikube's node (scripts/up.sh reads `mlops local-images`)
+        local_images=frozenset(b.ref.rsplit(":", 1)[0] for b in local_builds(config)),
     )
 
 

@@ -51,6 +51,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_local_images(args: argparse.Namespace) -> int:
+    """One tab-separated line per image `make up` builds into minikube: ref, context, the Dockerfile
+    relative to the context, target ("-" for the default Dockerfile or no target)."""
+    from infra.images import local_builds
+    from mlops.plan import stack_config
+
+    try:
+        values, secret_keys = stack_config(args.stack, Path(args.stacks_dir) if args.stacks_dir else None)
+        config = parse_stack_config(*raw_from_pulumi_config(values, secret_keys))
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"mlops: stack {args.stack!r}: {error}", file=sys.stderr)
+        return 2
+    for build in local_builds(config):
+        dockerfile = build.dockerfile.relative_to(build.context)
+        print("\t".join([build.ref, str(build.context.relative_to(ROOT)),
+                         "-" if dockerfile == Path("Dockerfile") else str(dockerfile), build.target or "-"]))
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     from mlops.readme import update
     from mlops.reference import config_reference
@@ -149,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("--stack", required=True, help=f"one of: {stacks}")
     validate.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
     validate.set_defaults(run=cmd_validate)
+
+    local = commands.add_parser("local-images", help="images `make up` builds into minikube for a stack")
+    local.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    local.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
+    local.set_defaults(run=cmd_local_images)
 
     reference = commands.add_parser("config-reference", help="print the config key reference (Markdown)")
     reference.add_argument("--write-readme", action="store_true", help="update the table in README.md")

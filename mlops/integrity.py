@@ -193,7 +193,9 @@ class _Checker:
                 self.errors.append(f"{where}: templates {group} resources but does not wait for the release "
                                    "that installs their CRDs; add it to depends_on")
         path = CHART_SERVICE_TYPE.get(chart)
-        if path and not inputs.get("skipAwait") and not self.facts.load_balancers:
+        # Helm forces the wait on atomic releases (`Wait = Wait || Atomic`), whatever skipAwait says
+        awaited = inputs.get("atomic") or not inputs.get("skipAwait")
+        if path and awaited and not self.facts.load_balancers:
             value: Any = inputs.get("values") or {}
             for key in path:
                 value = value.get(key) if isinstance(value, dict) else None

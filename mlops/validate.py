@@ -10,6 +10,7 @@ error). A kind with neither schema is an error, never skipped.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import kubernetes_validate
 from mlops.crds import crd_of, crds, is_custom, validate_custom_resource
 from mlops.integrity import check_integrity
 from mlops.plan import Plan
+from modules.ci.runners import CHARTS as RUNNER_CHARTS
+from modules.gateway import tls_problems
 from modules.platform.contract import ClusterFacts
 from modules.serving.seldon import validate_seldon_deployment
 from policy.rules import violations
@@ -29,11 +32,85 @@ CUSTOM_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "SeldonDeployment": validate_seldon_deployment,
 }
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
-# Custom resources a chart renders from its values: (chart, values path, apiVersion, kind). The
-# kube-prometheus-stack 83.6.0 template (templates/alertmanager/alertmanager.yaml) copies each
-# alertmanagerSpec key the CRD defines into the Alertmanager's spec as it is.
+
+
+@dataclass(frozen=True)
+class ChartResource:
+    """A custom resource a chart renders from its values. The values keys its template copies into
+    the spec as they are (`toYaml`, `tpl` of values without template actions, plain scalars) are
+    checked against the CRD; keys the chart's templates transform (e.g. `image` objects into
+    strings) are not; a key no template reads is an error (the chart drops it)."""
+
+    chart: str
+    version: str  # the chart version whose template was read
+    template: str  # "<repository>@<tag>:<path>" of that template
+    values: tuple[str, ...]  # where in the release's values
+    api_version: str
+    kind: str
+    copied: Mapping[str, str | None]  # values key -> spec field (None: its keys are spec fields)
+    transformed: frozenset[str]  # the other values keys (here) any template of the chart reads
+    pod_templates: tuple[str, ...] = ()  # copied keys that are core PodTemplateSpecs as well
+
+
+def _copied(keys: str, **renamed: str | None) -> dict[str, str | None]:
+    return {k: k for k in keys.split()} | renamed
+
+
+KPS_TEMPLATES = "prometheus-community/helm-charts@kube-prometheus-stack-83.6.0:charts/kube-prometheus-stack/templates"
 CHART_RESOURCES = [
-    ("kube-prometheus-stack", ("alertmanager", "alertmanagerSpec"), "monitoring.coreos.com/v1", "Alertmanager"),
+    ChartResource(
+        "kube-prometheus-stack", "83.6.0", f"{KPS_TEMPLATES}/alertmanager/alertmanager.yaml",
+        ("alertmanager", "alertmanagerSpec"), "monitoring.coreos.com/v1", "Alertmanager", _copied(
+            "replicas listenLocal serviceName automountServiceAccountToken externalUrl nodeSelector paused "
+            "logFormat logLevel retention secrets configSecret configMaps alertmanagerConfigSelector "
+            "alertmanagerConfigNamespaceSelector web alertmanagerConfiguration alertmanagerConfigMatcherStrategy "
+            "resources routePrefix securityContext hostUsers dnsConfig dnsPolicy storage "
+            "persistentVolumeClaimRetentionPolicy podMetadata affinity tolerations topologySpreadConstraints "
+            "containers initContainers priorityClassName additionalPeers volumes volumeMounts portName "
+            "clusterAdvertiseAddress clusterGossipInterval clusterPeerTimeout clusterPushpullInterval clusterLabel "
+            "forceEnableClusterMode minReadySeconds podManagementPolicy updateStrategy hostNetwork "
+            "terminationGracePeriodSeconds additionalArgs", additionalConfig=None),
+        frozenset("additionalConfigString image podAntiAffinity podAntiAffinityTopologyKey scheme tlsConfig "
+                  "useExistingSecret version".split())),
+    ChartResource(  # not agentMode (which renders a PrometheusAgent)
+        "kube-prometheus-stack", "83.6.0", f"{KPS_TEMPLATES}/prometheus/prometheus.yaml",
+        ("prometheus", "prometheusSpec"), "monitoring.coreos.com/v1", "Prometheus", _copied(
+            "automountServiceAccountToken apiserverConfig additionalArgs externalLabels enableRemoteWriteReceiver "
+            "externalUrl nodeSelector paused replicas shards logLevel logFormat listenLocal enableOTLPReceiver "
+            "enableAdminAPI web exemplars enableFeatures otlp scrapeClasses podTargetLabels scrapeFailureLogFile "
+            "scrapeInterval scrapeProtocols scrapeTimeout convertClassicHistogramsToNHCB scrapeClassicHistograms "
+            "scrapeNativeHistograms evaluationInterval resources retention retentionSize routePrefix secrets "
+            "configMaps serviceName serviceMonitorSelector serviceMonitorNamespaceSelector podMonitorSelector "
+            "podMonitorNamespaceSelector probeSelector probeNamespaceSelector remoteRead remoteWrite "
+            "securityContext dnsConfig dnsPolicy ruleNamespaceSelector ruleSelector scrapeConfigSelector "
+            "scrapeConfigNamespaceSelector persistentVolumeClaimRetentionPolicy podMetadata query affinity "
+            "tolerations topologySpreadConstraints containers initContainers priorityClassName disableCompaction "
+            "portName volumes volumeMounts arbitraryFSAccessThroughSMs overrideHonorLabels "
+            "overrideHonorTimestamps ignoreNamespaceSelectors enforcedNamespaceLabel queryLogFile sampleLimit "
+            "enforcedKeepDroppedTargets enforcedSampleLimit enforcedTargetLimit enforcedLabelLimit "
+            "enforcedLabelNameLengthLimit enforcedLabelValueLengthLimit allowOverlappingBlocks "
+            "nameValidationScheme minReadySeconds podManagementPolicy updateStrategy terminationGracePeriodSeconds "
+            "maximumStartupDurationSeconds hostNetwork hostUsers hostAliases tracingConfig serviceDiscoveryRole",
+            storageSpec="storage", additionalConfig=None),
+        frozenset("additionalAlertManagerConfigs additionalAlertManagerConfigsSecret additionalAlertRelabelConfigs "
+                  "additionalAlertRelabelConfigsSecret additionalConfigString additionalPrometheusSecretsAnnotations "
+                  "additionalRemoteRead additionalRemoteWrite additionalScrapeConfigs additionalScrapeConfigsSecret "
+                  "alertingEndpoints disableAlerting excludedFromEnforcement image podAntiAffinity "
+                  "podAntiAffinityTopologyKey podMonitorSelectorNilUsesHelmValues probeSelectorNilUsesHelmValues "
+                  "prometheusExternalLabelName prometheusExternalLabelNameClear prometheusRulesExcludedFromEnforce "
+                  "remoteWriteDashboards replicaExternalLabelName replicaExternalLabelNameClear "
+                  "ruleSelectorNilUsesHelmValues scrapeConfigSelectorNilUsesHelmValues "
+                  "serviceMonitorSelectorNilUsesHelmValues thanos tsdb version walCompression".split())),
+    ChartResource(  # the default container mode (no `containerMode`): the runner container is copied as is
+        f"{RUNNER_CHARTS}/gha-runner-scale-set", "0.14.2",
+        "actions/actions-runner-controller@gha-runner-scale-set-0.14.2:"
+        "charts/gha-runner-scale-set/templates/autoscalingrunnerset.yaml",
+        (), "actions.github.com/v1alpha1", "AutoscalingRunnerSet", _copied(
+            "githubConfigUrl runnerGroup runnerScaleSetName minRunners maxRunners listenerTemplate listenerMetrics "
+            "template", scaleSetLabels="runnerScaleSetLabels"),
+        frozenset("annotations containerMode controllerServiceAccount githubConfigSecret githubServerTLS keyVault "
+                  "labels nameOverride namespaceOverride proxy resourceMeta".split()),
+        pod_templates=("template", "listenerTemplate")),
 ]
 
 
@@ -95,22 +172,73 @@ def _check(obj: Mapping[str, Any], version: str, report: ValidationReport) -> bo
     return True
 
 
-def _chart_resources(plan: Plan) -> Iterator[dict[str, Any]]:
-    """The parts of chart-rendered custom resources that come from the plan's Helm values."""
-    for release in plan.of_type(HELM_RELEASE):
-        inputs = release.get("inputs") or {}
-        for chart, path, api_version, kind in CHART_RESOURCES:
-            values = inputs.get("values") or {}
-            for key in path:
-                values = values.get(key) or {}
-            crd = crd_of({"apiVersion": api_version, "kind": kind})
-            if inputs.get("chart") != chart or not values or crd is None:
-                continue
-            defined = crd.schemas[api_version.rpartition("/")[2]]["properties"]["spec"]["properties"]
-            yield {"apiVersion": api_version, "kind": kind,
-                   "metadata": {"name": f"{release['name']}: values {'.'.join(path)}",
-                                "namespace": inputs.get("namespace")},
-                   "spec": {k: v for k, v in values.items() if k in defined}}
+def _rendered(entry: ChartResource, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The part of the spec the template copies from `values`, and the values key of each spec field."""
+    spec: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, target in entry.copied.items():
+        if key not in values:
+            continue
+        if target is None and isinstance(values[key], Mapping):  # rendered at the top of the spec
+            spec |= values[key]
+            origin |= {k: f"{key}.{k}" for k in values[key]}
+        elif target is not None:
+            spec[target] = values[key]
+            origin[target] = key
+    return spec, origin
+
+
+def _in_values(problem: str, origin: Mapping[str, str], entry: ChartResource) -> str:
+    """A problem of the rendered spec, located in the values (where the fix goes)."""
+    path, _, message = problem.partition(": ")
+    where = ".".join(entry.values)
+    if (found := re.match(r"spec\.([^.\[]+)(.*)", path)) and found[1] in origin:
+        where = ".".join((*entry.values, origin[found[1]])) + found[2]
+    return f"values {where or '(root)'} ({entry.kind} {path}): {message}"
+
+
+def _chart_resource_problems(plan: Plan, version: str, report: ValidationReport) -> Iterator[str]:
+    """Problems of the custom resources charts render from the plan's Helm values (CHART_RESOURCES)."""
+    for release, entry in ((r, e) for r in plan.of_type(HELM_RELEASE) for e in CHART_RESOURCES
+                           if (r.get("inputs") or {}).get("chart") == e.chart):
+        inputs, label = release["inputs"], f"Helm release {release['name']}"
+        values = inputs.get("values") or {}
+        for key in entry.values:
+            values = values.get(key) or {}
+        if not values:
+            continue
+        if inputs.get("version") != entry.version:
+            yield (f"{label}: chart {entry.chart} {inputs.get('version')}, but the values keys its {entry.kind} "
+                   f"copies (CHART_RESOURCES, mlops/validate.py) were read from {entry.template} at "
+                   f"{entry.version}; re-read that template at the new version or pin the chart back")
+            continue
+        read = {*entry.copied, *entry.transformed}
+        for key in sorted(set(values) - read):
+            yield (f"{label}: values {'.'.join((*entry.values, key))}: no template of chart {entry.chart} "
+                   f"{entry.version} reads it, so it is dropped; read here: {', '.join(sorted(read))}")
+        spec, origin = _rendered(entry, values)
+        obj = {"apiVersion": entry.api_version, "kind": entry.kind,
+               "metadata": {"name": release["name"], "namespace": inputs.get("namespace")}, "spec": spec}
+        report.custom[entry.kind] += 1
+        problems = [_in_values(p, origin, entry) for p in validate_custom_resource(obj)]
+        yield from (f"{label}: {p}" for p in problems)
+        for key in (k for k in entry.pod_templates if k in values):
+            where = ".".join((*entry.values, key))
+            if not any(p.startswith(f"values {where}") for p in problems):
+                yield from (f"{label}: {p}" for p in _pod_template_problems(values[key], where, version))
+
+
+def _pod_template_problems(template: Any, where: str, version: str) -> list[str]:
+    """A pod template against the core PodTemplateSpec of the stack's Kubernetes version: the pods
+    the operator creates from it must pass there, whatever the operator's CRD (built against some
+    other Kubernetes release) accepts."""
+    pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "values"}, "template": template}
+    problems = []
+    for problem in _core_problems(pod, version) or []:
+        path, _, message = problem.partition(": ")
+        inner = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", path.removeprefix("template"))
+        problems.append(f"values {where}{inner} (core PodTemplateSpec, Kubernetes {version}): {message}")
+    return problems
 
 
 def _stale_schemas(plan: Plan) -> Iterator[str]:
@@ -131,11 +259,11 @@ def validate_plan(plan: Plan, version: str, facts: ClusterFacts | None = None) -
     report = ValidationReport(version=version)
     if facts is not None:
         report.integrity = check_integrity(plan, facts)
+    report.errors += tls_problems(plan.kubernetes_objects)
     for resource in plan.resources:
         props = resource.get("manifest") or resource.get("inputs") or {}
         report.policy += [f"[{rule}] {message}" for rule, message in violations(resource["type"], props)]
     report.checked = sum(_check(obj, version, report) for obj in plan.kubernetes_objects)
-    for obj in _chart_resources(plan):
-        _check(obj, version, report)
+    report.errors += _chart_resource_problems(plan, version, report)
     report.errors += _stale_schemas(plan)
     return report

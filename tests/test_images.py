@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from infra.images import LOCAL_PREFIX, PROJECT_BUILDS, ROOT, has_registry_host, project_build
-from infra.settings import ConfigError, parse_stack_config
+from infra.images import LOCAL_PREFIX, PROJECT_BUILDS, ROOT, has_registry_host, local_builds, project_build
+from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_config
 from mlops.plan import Plan, run_program, stack_config
 from modules.images import ImageBuild, content_hash, content_tag, context_files
 
@@ -108,29 +108,25 @@ def test_dev_stack_builds_nothing_and_runs_the_images_make_up_loads(plan_of):
     plan = plan_of("dev")
     assert builds(plan) == {}
     local = {i for i in pod_images(plan) if i.startswith(LOCAL_PREFIX)}
+    assert local == {b.ref for b in local_builds(_config("dev"))}
     assert local == {"mlops-stack/mlflow-server:3.17.2-1", "mlops-stack/mlserver:1.7.1-1"}
-    assert make_up_problems(local, (ROOT / "scripts/up.sh").read_text()) == []
 
 
-def make_up_problems(local: set[str], script: str) -> list[str]:
-    """Local images of a minikube stack that `make up` does not build from the project's context."""
-    variables = dict(re.findall(r"^(\w+)=(\S+)", script, re.M))
-    built = {variables.get(tag.strip('"${}'), tag): context
-             for tag, context in re.findall(r"minikube image build -t (\S+) (\S+)", script)}
-    problems = []
-    for ref in sorted(local):
-        name = ref.removeprefix(LOCAL_PREFIX).split(":")[0]
-        if ref not in built:
-            problems.append(f"{ref}: not built by make up")
-        elif name in PROJECT_BUILDS and ROOT / built[ref] != PROJECT_BUILDS[name][0]:
-            problems.append(f"{ref}: built from {built[ref]}")
-    return problems
+def test_make_up_builds_the_images_of_enabled_workloads_too():
+    """`make up` builds what `mlops local-images` lists: with every workload on, their images as well,
+    each from the context and Dockerfile (and target) its slot names."""
+    refs = {b.ref: (b.context, b.dockerfile, b.target) for b in local_builds(_config("full-dev", TEST_STACKS))}
+    assert refs["mlops-stack/mnist:0.1.0"] == (ROOT, ROOT / "workloads/mnist/Dockerfile", "train")
+    assert set(refs) == {"mlops-stack/mlflow-server:3.17.2-1", "mlops-stack/mlserver:1.7.1-1",
+                         "mlops-stack/energy:0.1.0", "mlops-stack/neo:0.1.0", "mlops-stack/mnist:0.1.0"}
+    assert local_builds(_config("onprem")) == []  # only minikube loads images into its node
 
 
-def test_make_up_check_rejects_a_stale_tag():
-    script = (ROOT / "scripts/up.sh").read_text().replace("mlflow-server:3.17.2-1", "mlflow-server:3.17.1-1")
-    assert make_up_problems({"mlops-stack/mlflow-server:3.17.2-1"}, script) == [
-        "mlops-stack/mlflow-server:3.17.2-1: not built by make up"]
+def _config(stack: str, stacks_dir: Path | None = None):
+    return parse_stack_config(*raw_from_pulumi_config(*stack_config(stack, stacks_dir)))
+
+
+TEST_STACKS = ROOT / "tests" / "stacks"
 
 
 # --- validation ----------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_mlflow_has_probes_and_a_port_forward_output(plan_of):
     assert plan.manifest("Service", "mlflow")["spec"]["type"] == "ClusterIP"
     assert plan.outputs["mlflowPortForward"] == "kubectl -n mlflow port-forward svc/mlflow 5000:5000"
     assert plan.outputs["mlflowInClusterUrl"] == "http://mlflow.mlflow.svc.cluster.local:5000"
-    assert plan.outputs["mlflowUrl"] == "http://mlflow.localtest.me"
+    assert plan.outputs["mlflowUrl"] == "http://mlflow.localtest.me:8080"  # the gateway's port-forward
 
 
 def test_dev_stack_fits_a_default_minikube(plan_of):

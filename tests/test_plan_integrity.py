@@ -16,7 +16,7 @@ from mlops.plan import Plan, run_program, stack_config
 from modules.platform.contract import ClusterFacts
 
 TEST_STACKS = Path(__file__).parent / "stacks"
-FULL_STACKS = ["full", "full-dev"]
+FULL_STACKS = ["full", "full-dev", "full-gke", "full-eks"]
 MINIKUBE = ClusterFacts(load_balancers=False, storage_classes=frozenset({"standard"}),
                         local_images=frozenset({"mlops-stack/mlflow-server", "mlops-stack/mlserver"}))
 
@@ -133,6 +133,9 @@ def test_an_awaited_load_balancer_without_a_provisioner_is_an_error(plan_of):
     _release(plan, "gateway")["inputs"]["skipAwait"] = False
     errors = check_integrity(plan, MINIKUBE)
     assert any("values.service.type is LoadBalancer in an awaited release" in e for e in errors), errors
+    _release(plan, "gateway")["inputs"].update(skipAwait=True, atomic=True)  # atomic forces Helm's wait
+    assert any("values.service.type is LoadBalancer in an awaited release" in e
+               for e in check_integrity(plan, MINIKUBE))
     with_lb = ClusterFacts(load_balancers=True, storage_classes=MINIKUBE.storage_classes,
                            local_images=MINIKUBE.local_images)
     assert not [e for e in check_integrity(plan, with_lb) if "LoadBalancer" in e]

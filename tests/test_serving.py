@@ -118,7 +118,7 @@ def test_tls_outside_dev_only(plan_of):
     assert [s["port"]["number"] for s in dev.manifest("Gateway", "platform-gateway")["spec"]["servers"]] == [80]
     assert releases(prod)["cert-manager"]["version"] == "v1.20.2"
     servers = prod.manifest("Gateway", "platform-gateway")["spec"]["servers"]
-    assert servers[0]["tls"] == {"httpsRedirect": True}
+    assert "tls" not in servers[0]  # HTTP is redirected by a route, so ACME HTTP-01 still works (test_gateway.py)
     assert servers[1]["tls"]["credentialName"] == prod.manifest("Certificate", "platform-gateway")["spec"]["secretName"]
 
 
@@ -158,8 +158,8 @@ def test_models_become_valid_seldon_deployments(with_models):
 
 def test_model_urls_are_stack_outputs(with_models):
     urls = with_models.outputs["modelUrls"]
-    assert urls["neo"] == "http://models.localtest.me/seldon/serving/neo/v2/models/model/infer"
-    assert urls["mnist"] == "http://models.localtest.me/seldon/serving/mnist/api/v1.0/predictions"
+    assert urls["neo"] == "http://models.localtest.me:8080/seldon/serving/neo/v2/models/model/infer"
+    assert urls["mnist"] == "http://models.localtest.me:8080/seldon/serving/mnist/api/v1.0/predictions"
     assert with_models.manifest("Secret", "model-storage")["stringData"]["RCLONE_CONFIG_S3_ACCESS_KEY_ID"] == SECRET
 
 

@@ -69,9 +69,9 @@ def test_credentials_come_only_from_secrets(dev):
 
 
 def test_workloads_database_exists_and_postgres_admits_the_namespace(dev):
-    postgres = dev.manifest("StatefulSet", "postgres", "mlops-platform")
-    env = {e["name"]: e.get("value") for c in postgres["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
-    assert "workloads" in env["EXTRA_DATABASES"].split()
+    job = dev.manifest("Job", "postgres-databases", "mlops-platform")
+    env = {e["name"]: e.get("value") for c in job["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert "workloads" in env["DATABASES"].split()
     policy = dev.manifest("NetworkPolicy", "postgres-ingress", "mlops-platform")
     sources = [s.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
                for rule in policy["spec"]["ingress"] for s in rule["from"]]
@@ -108,8 +108,8 @@ def test_neo_and_mnist_alone_get_training_jobs_and_nothing_energy_needs():
     [mnist] = jobs["mnist-train"]["spec"]["template"]["spec"]["containers"]
     assert mnist["image"] == "ghcr.io/my-org/mnist:3f2c1ab" and mnist["command"][-3:] == ["--epochs", "3", "--register"]
     assert not any(o["kind"] == "Deployment" and o["metadata"]["name"] == "pushgateway" for o in plan.kubernetes_objects)
-    postgres = plan.manifest("StatefulSet", "postgres", "mlops-platform")
-    assert "workloads" not in json.dumps(postgres["spec"]["template"]["spec"]["containers"])
+    databases = plan.manifest("Job", "postgres-databases", "mlops-platform")
+    assert "workloads" not in json.dumps(databases["spec"]["template"]["spec"]["containers"])
     report = validate_plan(plan, "1.34")
     assert report.ok, report.render()
 

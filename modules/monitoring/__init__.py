@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -51,7 +52,7 @@ class MonitoringArgs:
     storage_class: str | None
     resources: Mapping[str, Mapping[str, Any]]  # by component: prometheus, alertmanager, grafana, ...
     grafana_admin_password: pulumi.Input[str]
-    grafana_host: pulumi.Input[str] | None = None
+    grafana_url: str | None = None  # what users open ("<scheme>://<host>[:<port>]"): Grafana's root_url
     targets: Sequence[ScrapeTarget] = ()
     model_namespaces: Sequence[pulumi.Input[str]] = field(default_factory=list)
     runbook_base_url: str | None = None  # prefixes the rules' relative `docs/runbooks.md#…` links
@@ -174,8 +175,9 @@ class Monitoring(pulumi.ComponentResource):
                 **claim, "resources": {"requests": {"storage": "2Gi"}}}}}
             grafana["persistence"] |= {"size": "5Gi", **({"storageClassName": args.storage_class}
                                                         if args.storage_class else {})}
-        if args.grafana_host is not None:
-            grafana["grafana.ini"] = {"server": {"domain": args.grafana_host}}
+        if args.grafana_url is not None:  # Grafana's default root_url is http://<domain>:3000/
+            grafana["grafana.ini"] = {"server": {"domain": urlsplit(args.grafana_url).hostname,
+                                                 "root_url": f"{args.grafana_url}/"}}
         return {
             "fullnameOverride": "kps",
             # control-plane components are not scrapeable on minikube or managed clusters

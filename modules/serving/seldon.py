@@ -50,7 +50,7 @@ class SeldonCoreArgs:
     namespace: pulumi.Input[str]
     version: str
     istio_gateway: str  # "<namespace>/<name>" of the Gateway model routes attach to
-    gateway_host: pulumi.Input[str]  # where models are reached, for the URLs this engine reports
+    gateway_host: pulumi.Input[str]  # base URL models are reached at ("<scheme>://<host>[:<port>]"), for their URLs
     manager_resources: Mapping[str, str]
     executor_resources: Mapping[str, str]
     mlserver_image: tuple[str, str] = ("seldonio/mlserver", "1.7.1-mlflow")  # repository, tag
@@ -177,7 +177,7 @@ class SeldonModel(DeployedModel):
             opts=kube.child(self),
         )
         path = "v2/models/model/infer" if spec["protocol"] == "v2" else "api/v1.0/predictions"
-        self.url = pulumi.Output.concat("http://", gateway_host, "/seldon/", args.namespace, f"/{name}/{path}")
+        self.url = pulumi.Output.concat(gateway_host, "/seldon/", args.namespace, f"/{name}/{path}")
         self.register_outputs({"url": self.url})
 
 
