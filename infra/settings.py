@@ -94,12 +94,22 @@ def _is_secret_path(loc: tuple[Any, ...]) -> bool:
     return any(loc[: len(p)] == p for p in SECRET_PATHS)
 
 
+def _redacted(loc: tuple[Any, ...], value: Any) -> Any:
+    """`value` as given at `loc`, with every secret inside it (a whole section that failed
+    validation carries its tokens and passwords) shown as [secret]."""
+    if _is_secret_path(loc):
+        return "[secret]"
+    if isinstance(value, Mapping):
+        return {k: _redacted((*loc, k), v) for k, v in value.items()}
+    return value
+
+
 def _describe(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc) or "(stack)"
     if error["type"] == "missing":
         return f"{PROJECT}:{key}: missing; this key is required"
-    given = "[secret]" if _is_secret_path(loc) else json.dumps(error.get("input"), default=str)
+    given = json.dumps(_redacted(loc, error.get("input")), default=str)
     if error["type"] == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(loc[:-1])) or "none"
         return f"{PROJECT}:{key}: unknown key (value {given}); allowed keys here: {allowed}"

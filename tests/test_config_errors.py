@@ -72,6 +72,16 @@ def test_all_problems_come_in_one_message():
     assert str(caught.value).startswith("invalid stack config (3 problem(s)):")
 
 
+def test_a_secret_inside_a_rejected_section_is_never_printed():
+    raw = {"platform": "minikube", "environment": "dev",
+           "ci": {"runners": {"enabled": True, "githubToken": "ghp_decrypted-token-value"}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_stack_config(raw, {"ci"})
+    message = str(caught.value)
+    assert "mlops-stack:ci.runners" in message and "githubConfigUrl" in message
+    assert "ghp_decrypted-token-value" not in message and '"githubToken": "[secret]"' in message
+
+
 def test_secret_config_is_accepted_when_encrypted():
     config = parse_stack_config({"platform": "minikube", "environment": "dev",
                                  "mlflow": {"adminPassword": "s3cret"}}, secret_top={"mlflow"})
