@@ -25,13 +25,3 @@ def test_readme_commands_exist():
     assert "make up" in readme and "make test" in readme
     assert "\nup:" in makefile and "\ntest:" in makefile
     assert "make test" in (ROOT / ".ci" / "run").read_text()
-
-
-def test_local_image_builds_use_the_default_tags():
-    """`make up` builds the images the dev stack pulls: same names and tags as the defaults."""
-    from infra.defaults import MLFLOW_IMAGE, MLSERVER_IMAGE
-
-    up, makefile = (ROOT / "scripts" / "up.sh").read_text(), (ROOT / "Makefile").read_text()
-    for image, context in ((MLFLOW_IMAGE, "modules/mlflow/image"), (MLSERVER_IMAGE, "modules/serving/mlserver-image")):
-        ref = f"{image['repository']}:{image['tag']}"
-        assert ref in up and f"-t {ref} {context}" in makefile, ref

@@ -1,7 +1,7 @@
 """`images`: where the images built from this repository come from (a section of `StackConfig`).
 
-Kept out of `config.py` so it imports nothing of the project: `config.py` imports it. Checks across
-keys and platforms are in `infra/images.py` (`image_problems`), with messages that never echo the password.
+Checks across keys and platforms are in `infra/images.py` (`image_problems`), with messages that
+never echo the password.
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+"""`ci`: keyless GitHub identities and in-cluster runners."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from infra.config.base import DNS_LABEL, Image, Model, Resources
+
+
+class GithubConfig(Model):
+    """The repository whose workflows get keyless cloud identities (gke/eks): GitHub's OIDC tokens
+    are trusted only for these subjects, see docs of `ciIdentities` in the README."""
+
+    repository: str = Field(description="owner/name of the GitHub repository")
+    deploy_ref: str = Field(default="refs/heads/main", description="ref whose pushes build and deploy models")
+    infra_environment: str | None = Field(
+        default=None, description="GitHub environment of the `pulumi up` job; default 'production' on prod, "
+                                  "else the stack's environment")
+    models_environment: str | None = Field(
+        default=None, description="GitHub environment gating champion promotion; default models-<stack>")
+    aws_oidc_provider_arn: str | None = Field(
+        default=None, description="an existing GitHub OIDC provider of the account (one per account); "
+                                  "unset = the stack creates it")
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}", v):
+            raise ValueError("'owner/name' of a GitHub repository is allowed")
+        return v
+
+    @field_validator("deploy_ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if not re.fullmatch(r"refs/(heads|tags)/[A-Za-z0-9._/-]+", v):
+            raise ValueError("a full ref such as 'refs/heads/main' is allowed")
+        return v
+
+
+class RunnersConfig(Model):
+    """A self-hosted runner scale set inside the cluster (actions-runner-controller), for clusters
+    GitHub cannot reach: runners connect out to GitHub, nothing connects in."""
+
+    enabled: bool = Field(default=False, description="install the controller and a runner scale set")
+    github_config_url: str | None = Field(
+        default=None, description="https://github.com/<owner> or https://github.com/<owner>/<repo>")
+    github_token: SecretStr | None = Field(
+        default=None, description="secret; a token allowed to register runners there")
+    scale_set_name: str = Field(description="`runs-on:` label of the jobs that use these runners")
+    min_runners: int = Field(ge=0, le=50, description="idle runners kept warm")
+    max_runners: int = Field(ge=1, le=50, description="upper bound of concurrent jobs")
+    chart_version: str = Field(description="gha-runner-scale-set(-controller) chart version")
+    runner_image: Image
+    deploy_scope: Literal["serving", "cluster"] = Field(
+        description="what jobs may change: 'serving' (deploy models) or 'cluster' (cluster-admin, for pulumi up)")
+    resources: Resources
+    controller_resources: Resources
+
+    @field_validator("github_config_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https://github\.com/[A-Za-z0-9-]+(/[A-Za-z0-9._-]+)?", v):
+            raise ValueError("https://github.com/<owner> or https://github.com/<owner>/<repo> is allowed")
+        return v
+
+    @field_validator("scale_set_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not DNS_LABEL.match(v):
+            raise ValueError("a DNS label (lowercase letters, digits, '-') is allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> RunnersConfig:
+        if self.min_runners > self.max_runners:
+            raise ValueError(f"minRunners {self.min_runners} is above maxRunners {self.max_runners}")
+        if self.enabled and (self.github_config_url is None or self.github_token is None):
+            raise ValueError("enabled runners need githubConfigUrl and githubToken (a secret)")
+        return self
+
+
+class CiConfig(Model):
+    github: GithubConfig | None = Field(default=None, description="keyless CI identities (gke/eks only)")
+    runners: RunnersConfig

@@ -1,0 +1,31 @@
+"""`gateway`: Istio's ingress gateway, its exposure and TLS."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from infra.config.base import Model, Resources
+
+
+class TlsConfig(Model):
+    enabled: bool = Field(description="HTTPS on the gateway via cert-manager; default: not dev")
+    issuer: Literal["selfsigned", "letsencrypt"] = Field(
+        default="selfsigned", description="letsencrypt needs public DNS for gateway.domain and tls.email")
+    email: str | None = Field(default=None, description="ACME account e-mail (letsencrypt)")
+    cert_manager_version: str = Field(description="cert-manager Helm chart version")
+
+
+class GatewayConfig(Model):
+    """Istio ingress gateway: one entry point for models, MLflow and Grafana."""
+
+    istio_version: str = Field(description="Istio Helm charts version (base, istiod, gateway)")
+    domain: str = Field(description="hosts are mlflow.<domain>, grafana.<domain>; models under /seldon/ on any host")
+    service_type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
+        description="Service type of the ingress gateway: ClusterIP (minikube: `make up` port-forwards it), "
+                    "NodePort (existing: 30080/30443), LoadBalancer (gke/eks; needs kubernetes.loadBalancers)")
+    replicas: int = Field(ge=1, le=10)
+    istiod_resources: Resources
+    gateway_resources: Resources
+    tls: TlsConfig
