@@ -224,7 +224,7 @@ def _chart_resource_problems(plan: Plan, version: str, report: ValidationReport)
         yield from (f"{label}: {p}" for p in problems)
         for key in (k for k in entry.pod_templates if k in values):
             where = ".".join((*entry.values, key))
-            if not any(p.startswith(f"values {where}") for p in problems):
+            if not any(re.match(rf"values {re.escape(where)}[.\[ ]", p) for p in problems):  # said once
                 yield from (f"{label}: {p}" for p in _pod_template_problems(values[key], where, version))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from infra.settings import parse_stack_config, raw_from_pulumi_config
 from mlops.crds import DATA, crds, prune, validate_custom_resource
 from mlops.paths import stack_names
 from mlops.plan import Plan, run_program, stack_config
-from mlops.validate import HELM_RELEASE, validate_plan
+from mlops.validate import CHART_RESOURCES, HELM_RELEASE, validate_plan
+from modules.ci.runners import CHARTS as RUNNER_CHARTS
 
 TEST_STACKS = Path(__file__).parent / "stacks"
 FULL = ["full", "full-dev"]
+SCALE_SET = f"{RUNNER_CHARTS}/gha-runner-scale-set"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,9 @@ def test_every_custom_resource_of_every_stack_is_checked_and_valid(stack, plans)
     assert {k: report.custom[k] for k in present} == dict(present)  # every CR went through its CRD schema
     assert report.checked == len(plan.kubernetes_objects)
     charts = {r["inputs"].get("chart") for r in plan.of_type(HELM_RELEASE)}
-    assert ("kube-prometheus-stack" in charts) == (report.custom["Alertmanager"] == 1)  # from the chart values
+    for kind in ("Alertmanager", "Prometheus"):  # rendered from the chart values
+        assert ("kube-prometheus-stack" in charts) == (report.custom[kind] == 1), kind
+    assert (SCALE_SET in charts) == (report.custom["AutoscalingRunnerSet"] == 1)
     # the full stacks go green once every emitter matches the pinned CRDs (e.g. Seldon's hpaSpec)
     assert report.ok, report.render()
 
@@ -203,16 +208,124 @@ def test_a_version_without_a_stored_schema_is_an_error(plans):
     assert error.endswith("serves v1, v1alpha3, v1beta1")
 
 
-def test_alertmanager_from_chart_values_is_checked(plans):
+def values_errors(plan: Plan, chart: str, change: Callable[[dict[str, Any]], None],
+                  version: str | None = None) -> list[str]:
+    """The plan's errors once `change` has edited the values of the release of `chart`."""
+    resources = [copy.deepcopy(r) for r in plan.resources]
+    [release] = [r for r in resources if r["type"] == HELM_RELEASE and r["inputs"]["chart"] == chart]
+    change(release["inputs"]["values"])
+    return validate_plan(Plan(plan.stack, resources, plan.outputs), version or version_of(plan.stack)).errors
+
+
+def claim_of(values: dict[str, Any], *path: str) -> dict[str, Any]:
+    node: Any = values
+    for key in path:
+        node = node[key]
+    return node["volumeClaimTemplate"]["spec"]
+
+
+@pytest.mark.parametrize(("path", "where"), [
+    (("alertmanager", "alertmanagerSpec", "storage"), "Alertmanager spec.storage"),
+    (("prometheus", "prometheusSpec", "storageSpec"), "Prometheus spec.storage"),  # renamed by the template
+])
+def test_custom_resource_from_chart_values_is_checked(plans, path, where):
+    def typo(values):
+        claim_of(values, *path)["storageClass"] = "local-path"
+
+    [error] = values_errors(plans["full"], "kube-prometheus-stack", typo)
+    assert error.startswith(f"Helm release monitoring-stack: values {'.'.join(path)}.volumeClaimTemplate.spec"
+                            f".storageClass ({where}.volumeClaimTemplate.spec.storageClass): field not in the CRD "
+                            "schema, the API server drops it; allowed here: accessModes, dataSource, ")
+    assert ", storageClassName, " in error
+
+
+def test_prometheus_values_are_typed_and_patterns_checked(plans):
+    def bad(values):
+        values["prometheus"]["prometheusSpec"]["scrapeInterval"] = "30 s"
+
+    [error] = values_errors(plans["dev"], "kube-prometheus-stack", bad)
+    assert error.startswith("Helm release monitoring-stack: values prometheus.prometheusSpec.scrapeInterval "
+                            "(Prometheus spec.scrapeInterval): '30 s' does not match ")
+
+
+def test_additional_config_lands_at_the_top_of_the_spec(plans):
+    def extra(values):
+        spec = values["prometheus"]["prometheusSpec"]
+        spec["additionalConfig"] = {"evaluationInterval": "1m", "scrapeIntervall": "1m"}
+
+    [error] = values_errors(plans["dev"], "kube-prometheus-stack", extra)
+    assert error.startswith("Helm release monitoring-stack: values prometheus.prometheusSpec.additionalConfig"
+                            ".scrapeIntervall (Prometheus spec.scrapeIntervall): field not in the CRD schema")
+    assert ", scrapeInterval, " in error
+
+
+@pytest.mark.parametrize(("chart", "path", "key"), [
+    ("kube-prometheus-stack", ("prometheus", "prometheusSpec"), "storage"),  # CRD's name; the chart reads storageSpec
+    ("kube-prometheus-stack", ("alertmanager", "alertmanagerSpec"), "storageSpec"),
+    (SCALE_SET, (), "minRunner"),
+])
+def test_values_key_no_template_reads_is_an_error(plans, chart, path, key):
+    def unread(values):
+        node = values
+        for part in path:
+            node = node[part]
+        node[key] = {}
+
+    [error] = values_errors(plans["full"], chart, unread)
+    where = ".".join((*path, key))
+    assert f": values {where}: no template of chart {chart} " in error and " reads it, so it is dropped; " in error
+    read = error.split("read here: ")[1].split(", ")
+    assert key not in read and len(read) > 8
+
+
+def test_runner_scale_set_from_chart_values_is_checked(plans):
+    def typo(values):
+        values["template"]["spec"]["containers"][0]["resourcez"] = {}
+        values["scaleSetLabels"] = [1]  # the template renders it as runnerScaleSetLabels
+
+    errors = values_errors(plans["full"], SCALE_SET, typo)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(
+        "Helm release ci-runners-scale-set: values template.spec.containers[0].resourcez (AutoscalingRunnerSet "
+        "spec.template.spec.containers[0].resourcez): field not in the CRD schema, the API server drops it; "
+        "allowed here: args, command, env, envFrom, image, imagePullPolicy, lifecycle, ")
+    assert errors[1] == ("Helm release ci-runners-scale-set: values scaleSetLabels[0] (AutoscalingRunnerSet "
+                         "spec.runnerScaleSetLabels[0]): 1 is not of type 'string'")
+
+
+def test_runner_pod_template_is_checked_at_the_stacks_kubernetes_version(plans):
+    """workloadRef (Kubernetes 1.35) is in the CRD's PodSpec, but a 1.34 API server drops it from the runner pods."""
+    def newer(values):
+        values["template"]["spec"]["workloadRef"] = {"name": "w", "podGroup": "g"}
+
+    assert version_of("full") == "1.34"
+    [error] = values_errors(plans["full"], SCALE_SET, newer)
+    assert error == ("Helm release ci-runners-scale-set: values template.spec (core PodTemplateSpec, Kubernetes "
+                     "1.34): Additional properties are not allowed ('workloadRef' was unexpected)")
+    assert not [e for e in values_errors(plans["full"], SCALE_SET, newer, "1.35") if "PodTemplateSpec" in e]
+
+
+def test_chart_resources_match_the_stored_crds_and_the_pinned_charts(plans):
+    releases = {(r["inputs"]["chart"], r["inputs"]["version"]) for r in plans["full"].of_type(HELM_RELEASE)}
+    for entry in CHART_RESOURCES:
+        assert (entry.chart, entry.version) in releases and entry.version in entry.template
+        crd = crds()[(entry.api_version.rpartition("/")[0], entry.kind)]
+        spec = crd.schemas[entry.api_version.rpartition("/")[2]]["properties"]["spec"]["properties"]
+        assert {f for f in entry.copied.values() if f is not None} <= set(spec), entry.kind
+        assert not set(entry.copied) & entry.transformed and set(entry.pod_templates) <= set(entry.copied)
+
+
+def test_chart_template_newer_than_the_values_keys_read_is_an_error(plans):
     plan = plans["full"]
-    [release] = [r for r in plan.of_type(HELM_RELEASE) if r["inputs"]["chart"] == "kube-prometheus-stack"]
-    bad = copy.deepcopy(release)
-    claim = bad["inputs"]["values"]["alertmanager"]["alertmanagerSpec"]["storage"]["volumeClaimTemplate"]
-    claim["spec"]["storageClass"] = "local-path"
-    resources = [bad if r is release else r for r in plan.resources]
+    resources = [copy.deepcopy(r) for r in plan.resources]
+    [release] = [r for r in resources if r["type"] == HELM_RELEASE and r["inputs"]["chart"] == SCALE_SET]
+    release["inputs"]["version"] = "0.15.0"
     [error] = validate_plan(Plan(plan.stack, resources, plan.outputs), version_of("full")).errors
-    assert "values alertmanager.alertmanagerSpec: spec.storage.volumeClaimTemplate.spec.storageClass: " \
-           "field not in the CRD schema" in error
+    assert error == (f"Helm release ci-runners-scale-set: chart {SCALE_SET} 0.15.0, but the values keys its "
+                     "AutoscalingRunnerSet copies (CHART_RESOURCES, mlops/validate.py) were read from "
+                     "actions/actions-runner-controller@gha-runner-scale-set-0.14.2:charts/gha-runner-scale-set/"
+                     "templates/autoscalingrunnerset.yaml at 0.14.2; re-read that template at the new version or "
+                     "pin the chart back")
 
 
 def test_chart_newer_than_the_stored_schemas_is_an_error(plans):
@@ -220,9 +333,11 @@ def test_chart_newer_than_the_stored_schemas_is_an_error(plans):
     resources = [copy.deepcopy(r) for r in plan.resources]
     [release] = [r for r in resources if r["type"] == HELM_RELEASE and r["inputs"]["chart"] == "kube-prometheus-stack"]
     release["inputs"]["version"] = "84.0.0"
-    [error] = validate_plan(Plan(plan.stack, resources, plan.outputs), version_of("dev")).errors
+    errors = validate_plan(Plan(plan.stack, resources, plan.outputs), version_of("dev")).errors
+    [error] = [e for e in errors if "CRD schemas" in e]
     assert "chart kube-prometheus-stack 84.0.0, but the CRD schemas of Alertmanager, AlertmanagerConfig, " \
-           "PodMonitor, PrometheusRule, ServiceMonitor in mlops/crds are from 83.6.0" in error
+           "PodMonitor, Prometheus, PrometheusRule, ServiceMonitor in mlops/crds are from 83.6.0" in error
+    assert len(errors) == 3  # and the Alertmanager's and the Prometheus' values keys were read at 83.6.0
 
 
 SCHEMA = {
