@@ -2,7 +2,9 @@
 
 One StatefulSet with a PVC is enough for MLflow's metadata on a laptop or a small on-prem cluster;
 the clouds use Cloud SQL / RDS instead (their platform modules). Backups are `pg_dump` per
-database, uploaded to the backups bucket by a CronJob and pruned after `retention_days`.
+database, uploaded to the backups bucket by a CronJob and pruned after `retention_days`. The
+databases beside MLflow's (its auth store, the workloads' tables) are made by a Job on every
+`pulumi up` that changes their list, not by the image's init scripts (empty data directory only).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from modules import kube
+from modules.platform.cloud import ready_value
 from modules.platform.contract import Database, S3Credentials
 
 POSTGRES_UID = 999  # the `postgres` user of the official Debian-based image
@@ -51,14 +54,33 @@ class InClusterPostgresArgs:
     monitoring_namespace: pulumi.Input[str] | None = None  # may reach the metrics port
 
 
-_CREATE_EXTRA_DATABASES = """#!/bin/sh
-# Runs once, on an empty data directory (docker-entrypoint-initdb.d).
-set -eu
-for db in $EXTRA_DATABASES; do
-  psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \\
-    -c "CREATE DATABASE \\"$db\\" OWNER \\"$POSTGRES_USER\\""
+# Runs on every `pulumi up` that changes the list (the Job is replaced then): the image's
+# docker-entrypoint-initdb.d runs only on an empty data directory, so a database added later
+# (the energy workload's) would never exist. `\gexec` runs the CREATE only when the name is missing.
+_CREATE_DATABASES = """set -eu
+deadline=$(($(date +%s) + WAIT_SECONDS))
+until pg_isready --quiet; do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "postgres at $PGHOST:$PGPORT accepts no connections within ${WAIT_SECONDS}s" >&2
+    exit 1
+  fi
+  sleep 2
 done
+for db in $DATABASES; do
+  psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 -v db="$db" <<'SQL'
+SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db')\\gexec
+SQL
+done
+present=$(psql --no-psqlrc -v ON_ERROR_STOP=1 -tAc "SELECT datname FROM pg_database")
+for db in $DATABASES; do
+  if ! echo "$present" | grep -qxF "$db"; then
+    echo "database $db is missing after CREATE DATABASE" >&2
+    exit 1
+  fi
+done
+echo "databases present: $DATABASES"
 """
+WAIT_SECONDS = 300  # the StatefulSet is awaited first; this covers a restart in between
 
 _BACKUP = """set -eu
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
@@ -97,12 +119,6 @@ class InClusterPostgres(pulumi.ComponentResource):
             string_data={"username": args.username, "password": password.result},
             opts=stateful,
         )
-        init = k8s.core.v1.ConfigMap(
-            f"{name}-init",
-            metadata=kube.metadata("postgres-init", args.namespace, "database"),
-            data={"10-extra-databases.sh": _CREATE_EXTRA_DATABASES},
-            opts=kube.child(self),
-        )
         secret_name = credentials.metadata.name
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-postgres",
@@ -119,7 +135,6 @@ class InClusterPostgres(pulumi.ComponentResource):
                         "containers": [self._container(args, secret_name)] + (
                             [self._exporter(args, secret_name)] if args.exporter_image else []),
                         "volumes": [
-                            {"name": "init", "config_map": {"name": init.metadata.name}},
                             {"name": "run", "empty_dir": {}},
                             {"name": "tmp", "empty_dir": {}},
                         ],
@@ -172,10 +187,14 @@ class InClusterPostgres(pulumi.ComponentResource):
             },
             opts=kube.child(self),
         )
+        databases = ([self._databases(name, args, secret_name, service.metadata.name, [statefulset, service])]
+                     if args.extra_databases else [])
         if args.backup is not None:
-            self._backup(name, args, args.backup, secret_name, depends_on=[statefulset])
+            self._backup(name, args, args.backup, secret_name, depends_on=[statefulset, *databases])
 
-        host = pulumi.Output.concat(service.metadata.name, ".", args.namespace, ".svc.cluster.local")
+        # consumers (MLflow's auth store, the workloads' tables) wait for the databases Job
+        host = ready_value(
+            pulumi.Output.concat(service.metadata.name, ".", args.namespace, ".svc.cluster.local"), *databases)
         self.database = Database(
             host=host,
             port=PORT,
@@ -200,7 +219,6 @@ class InClusterPostgres(pulumi.ComponentResource):
                     {
                         "POSTGRES_DB": args.database,
                         "PGDATA": "/var/lib/postgresql/data/pgdata",
-                        "EXTRA_DATABASES": " ".join(args.extra_databases),
                     }
                 ),
             ],
@@ -210,11 +228,54 @@ class InClusterPostgres(pulumi.ComponentResource):
             "liveness_probe": {**kube.exec_probe(ready, period=20, failures=6), "initial_delay_seconds": 30},
             "volume_mounts": [
                 {"name": "data", "mount_path": "/var/lib/postgresql/data"},
-                {"name": "init", "mount_path": "/docker-entrypoint-initdb.d", "read_only": True},
                 {"name": "run", "mount_path": "/var/run/postgresql"},
                 {"name": "tmp", "mount_path": "/tmp"},
             ],
         }
+
+    def _databases(self, name: str, args: InClusterPostgresArgs, secret_name: pulumi.Input[str],
+                   service: pulumi.Input[str], after: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+        """The Job creating every database beside `database` that is missing. A Job's template is
+        immutable: a changed list (or image) replaces the Job, which then runs again."""
+        job = k8s.batch.v1.Job(
+            f"{name}-databases",
+            metadata=kube.metadata("postgres-databases", args.namespace, "database"),
+            spec={
+                "backoff_limit": 4,
+                "template": {
+                    "metadata": {"labels": kube.labels("postgres-databases", "database")},
+                    "spec": {
+                        "restart_policy": "OnFailure",
+                        "automount_service_account_token": False,
+                        "security_context": kube.pod_security(POSTGRES_UID),
+                        "containers": [{
+                            "name": "psql",
+                            "image": args.image,
+                            "command": ["sh", "-c", _CREATE_DATABASES],
+                            "env": [
+                                kube.secret_env("PGUSER", secret_name, "username"),
+                                kube.secret_env("PGPASSWORD", secret_name, "password"),
+                                *kube.env({
+                                    "PGHOST": service, "PGPORT": str(PORT), "PGDATABASE": args.database,
+                                    "DATABASES": " ".join(args.extra_databases),
+                                    "WAIT_SECONDS": str(WAIT_SECONDS),
+                                }),
+                            ],
+                            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                                          "limits": {"memory": "128Mi"}},
+                            "security_context": kube.CONTAINER_SECURITY,
+                            "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
+                        }],
+                        "volumes": [{"name": "tmp", "empty_dir": {}}],
+                    },
+                },
+            },
+            opts=kube.child(self, depends_on=after, replace_on_changes=["spec"], delete_before_replace=True),
+        )
+        # nothing calls the Job; it reaches PostgreSQL through postgres-ingress (same namespace)
+        kube.ingress_policy(f"{name}-databases", args.namespace, "database", "postgres-databases", [],
+                            kube.child(self))
+        return job
 
     @staticmethod
     def _exporter(args: InClusterPostgresArgs, secret_name: pulumi.Input[str]) -> dict[str, Any]:

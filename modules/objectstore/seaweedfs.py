@@ -24,6 +24,7 @@ UID = 1000
 S3_PORT = 8333
 PORTS = {"s3": S3_PORT, "master": 9333, "master-grpc": 19333, "filer": 8888, "filer-grpc": 18888,
          "volume": 8080, "volume-grpc": 18080, "metrics": 9327}
+WAIT_SECONDS = 300  # the bucket Job's bound on each `weed shell` call and on waiting for the filer
 
 
 @dataclass(frozen=True)
@@ -61,21 +62,37 @@ def _layout_hash(identities: Sequence[S3Identity]) -> str:
 
 
 def _bucket_script(buckets: Sequence[str]) -> str:
-    """Idempotent: creates missing buckets, one volume per growth step (small disks)."""
-    lines = [
-        "set -eu",
-        'until existing=$(echo "s3.bucket.list" | weed shell -master="$MASTER" 2>&1); do sleep 2; done',
-    ]
-    for bucket in buckets:
-        lines.append(
-            f'echo "$existing" | grep -qw "{bucket}" || '
-            f'echo "s3.bucket.create -name {bucket}" | weed shell -master="$MASTER"'
-        )
-    lines.append(
-        'echo "fs.configure -locationPrefix=/buckets/ -volumeGrowthCount=1 -apply" '
-        '| weed shell -master="$MASTER"'
-    )
-    return "\n".join(lines) + "\n"
+    """Idempotent: creates missing buckets, then checks that every one is listed, or fails.
+
+    `weed shell` waits for an unreachable master forever, so every call is bounded by `timeout`;
+    names are compared as whole first fields of `s3.bucket.list` (a `grep -w` takes
+    `mlflow-artifacts` for `artifacts`). Small disks: one volume per growth step.
+    """
+    names = " ".join(buckets)
+    return f"""set -eu
+weed_shell() {{ timeout "$WAIT_SECONDS" weed shell -master="$MASTER"; }}
+listed() {{ echo "$listing" | awk -v b="$1" '$1 == b {{ found = 1 }} END {{ exit !found }}'; }}
+deadline=$(($(date +%s) + WAIT_SECONDS))
+until listing=$(echo "s3.bucket.list" | weed_shell); do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    echo "seaweedfs at $MASTER: no bucket listing within ${{WAIT_SECONDS}}s" >&2
+    exit 1
+  fi
+  sleep 2
+done
+for bucket in {names}; do
+  listed "$bucket" || echo "s3.bucket.create -name $bucket" | weed_shell
+done
+echo "fs.configure -locationPrefix=/buckets/ -volumeGrowthCount=1 -apply" | weed_shell >/dev/null
+listing=$(echo "s3.bucket.list" | weed_shell)
+for bucket in {names}; do
+  if ! listed "$bucket"; then
+    echo "bucket $bucket is not listed after s3.bucket.create" >&2
+    exit 1
+  fi
+done
+echo "buckets present: {names}"
+"""
 
 
 class SeaweedFs(pulumi.ComponentResource):
@@ -143,6 +160,7 @@ class SeaweedFs(pulumi.ComponentResource):
                                     "-s3",
                                     f"-s3.port={S3_PORT}",
                                     "-s3.config=/etc/seaweedfs/config.json",
+                                    "-master.telemetry=false",  # on by default: usage reports to seaweedfs.com
                                     f"-master.volumeSizeLimitMB={volume_limit_mb}",
                                     "-master.volumePreallocate=false",
                                     "-volume.max=0",
@@ -236,6 +254,7 @@ class SeaweedFs(pulumi.ComponentResource):
                                     {
                                         "MASTER": pulumi.Output.concat(service.metadata.name, f":{PORTS['master']}"),
                                         "HOME": "/tmp",
+                                        "WAIT_SECONDS": str(WAIT_SECONDS),
                                     }
                                 ),
                                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
@@ -247,7 +266,9 @@ class SeaweedFs(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=kube.child(self, depends_on=[statefulset]),
+            # a Job's template is immutable: a changed bucket list replaces the Job, which runs again
+            opts=kube.child(self, depends_on=[statefulset, service], replace_on_changes=["spec"],
+                            delete_before_replace=True),
         )
         kube.ingress_policy(f"{name}-buckets", args.namespace, "objectstore", "seaweedfs-buckets", [],
                             kube.child(self))
