@@ -110,7 +110,7 @@ BASE: dict[str, Any] = {
     },
     # the project's images (infra/images.py): `make up` loads them into minikube (local), `pulumi up`
     # builds and pushes them (build, existing clusters), or the stack names pushed ones (prebuilt)
-    "images": {"mode": "prebuilt", "platforms": ["linux/amd64"]},
+    "images": {"mode": "prebuilt"},  # platforms: unset = the node pools' architectures (infra/images.py)
     "ci": {
         "runners": {
             "enabled": False,
@@ -233,8 +233,8 @@ PLATFORM: dict[str, dict[str, Any]] = {
     "minikube": {"images": {"mode": "local"}, "kubernetes": {"context": "minikube", "storageClass": "standard"},
                  "gateway": {"serviceType": "ClusterIP"}},
     "existing": {"images": {"mode": "build"}, "gateway": {"serviceType": "NodePort"}},
-    "gke": {"kubernetes": {"storageClass": "standard-rwo", "loadBalancers": True}},  # GKE's default pd-balanced CSI class
-    "eks": {"kubernetes": {"storageClass": "gp3", "loadBalancers": True}},  # created by the EKS platform as the default class
+    "gke": {"images": {"mode": "build"}, "kubernetes": {"storageClass": "standard-rwo", "loadBalancers": True}},  # GKE's default pd-balanced CSI class
+    "eks": {"images": {"mode": "build"}, "kubernetes": {"storageClass": "gp3", "loadBalancers": True}},  # created by the EKS platform as the default class
 }
 
 # The config section each cloud platform reads; the other cloud's section is dropped from the defaults.

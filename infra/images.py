@@ -4,7 +4,8 @@ Images named `mlops-stack/<name>` exist only where `make up` built them into min
 existing cluster each of them is either built by the program and pushed to a registry (`images.mode:
 build`) or named as a pushed image pinned by digest (`prebuilt`); every other image must name its
 registry host (a bare `owner/name` means Docker Hub, where nobody publishes this project's images).
-GKE/EKS reuse the same build with the registry they create (issue 12 turns it on there).
+GKE/EKS build by default into the registry they create (Artifact Registry / ECR), logged in with the
+platform's token, for every architecture of their node pools.
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pulumi
 from pydantic import BaseModel
 
 from infra.config import Image, StackConfig
 from modules.images import ImageBuild, ImageRef, PlatformImages, PlatformImagesArgs, RegistryAuth
-
-if TYPE_CHECKING:
-    from modules.platform.contract import Platform
+from modules.platform.contract import ImageRegistry, Platform
 
 PROJECT = "mlops-stack"
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +45,16 @@ PROJECT_SLOTS = {
 }
 # Platforms that create a registry `mode: build` pushes to when images.registry is unset.
 PLATFORM_REGISTRY = ("gke", "eks")
-# Where every image must be pullable by the cluster. gke/eks join once they build into the registry
-# they create (issue 12); until then their CI pushes the project images.
-PULL_CHECKED = ("existing",)
+# Where every image must be pullable by the cluster (minikube also runs what `make up` loads).
+PULL_CHECKED = ("existing", "gke", "eks")
+# Compute Engine Arm series (Tau T2A, Axion C4A and N4A); EC2 Graviton is EksNodePool.arm64.
+GCE_ARM_SERIES = ("t2a", "c4a", "n4a")
+# Registry storage of one build per architecture, GiB (an assumption for `mlops cost`, not measured
+# here: the base image's compressed size — ghcr.io/mlflow/mlflow ≈0.35, seldonio/mlserver:*-mlflow
+# ≈0.9, python:3.11-slim ≈0.05 — plus the layers each Dockerfile adds: drivers; the workloads'
+# pinned scientific stack ≈0.25; mnist's CPU torch ≈0.45).
+IMAGE_GIB = {"mlflow-server": 0.4, "mlserver": 1.0, "energy": 0.3, "neo": 0.3, "mnist": 0.5}
+VERSIONS_KEPT = 3  # content-tagged builds kept per image (immutable tags, no expiry); shared layers make it an upper bound
 
 
 def _problem(key: str, value: Any, message: str) -> str:
@@ -85,6 +91,59 @@ def built_slots(config: StackConfig) -> dict[str, str]:
         return {}
     return {key: PROJECT_SLOTS[key] for key, image in used_images(config)
             if key in PROJECT_SLOTS and image.repository == LOCAL_PREFIX + PROJECT_SLOTS[key]}
+
+
+def node_platforms(config: StackConfig) -> tuple[str, ...]:
+    """The architectures of the cluster's nodes the stack creates (gke/eks node pools); () where unknown."""
+    if config.gcp is not None:
+        if config.gcp.autopilot:  # Google's nodes: amd64 unless a pod asks for Arm
+            return ("linux/amd64",)
+        arm = [p.machine_type.split("-", 1)[0] in GCE_ARM_SERIES for _, p in config.gcp.node_pools]
+    elif config.aws is not None:
+        arm = [p.arm64 for _, p in config.aws.node_pools]
+    else:
+        return ()
+    return tuple(sorted({"linux/arm64" if a else "linux/amd64" for a in arm}))
+
+
+def build_platforms(config: StackConfig) -> tuple[str, ...]:
+    """What the build targets: images.platforms if set, else every node pool's architecture."""
+    if config.images.platforms is not None:
+        return tuple(config.images.platforms)
+    return node_platforms(config) or ("linux/amd64",)
+
+
+def registry_gib(config: StackConfig) -> float:
+    """Registry storage of the project images the stack runs from its registry (built or pre-built):
+    IMAGE_GIB per architecture, VERSIONS_KEPT builds each; 0 where `make up` loads them (local)."""
+    if config.images.mode == "local":
+        return 0.0
+    names = {PROJECT_SLOTS[key] for key, _ in used_images(config) if key in PROJECT_SLOTS}
+    return round(sum(IMAGE_GIB[n] for n in names) * len(build_platforms(config)) * VERSIONS_KEPT, 2)
+
+
+def _platform_problems(config: StackConfig) -> list[str]:
+    """A build that leaves out an architecture of the nodes fails only at pull time (exec format error)."""
+    if config.images.mode != "build" or config.images.platforms is None:
+        return []
+    missing = [n for n in node_platforms(config) if n not in config.images.platforms]
+    if not missing:
+        return []
+    return [_problem("images.platforms", config.images.platforms,
+                     f"the node pools run {', '.join(node_platforms(config))}: add {', '.join(missing)} (or unset "
+                     "images.platforms to build for every node pool's architecture)")]
+
+
+def _repository_problems(config: StackConfig) -> list[str]:
+    """ECR creates no repository on push: each image the stack builds needs one in aws.registryImages."""
+    if config.aws is None or config.images.registry is not None:
+        return []
+    missing = sorted(set(built_slots(config).values()) - set(config.aws.registry_images))
+    if not missing:
+        return []
+    return [_problem("aws.registryImages", config.aws.registry_images,
+                     f"the stack builds and pushes {', '.join(missing)}, and ECR creates no repository on push: "
+                     "add them")]
 
 
 def _settings_problems(config: StackConfig) -> list[str]:
@@ -129,9 +188,9 @@ def _image_problem(config: StackConfig, key: str, image: Image) -> str | None:
 
 def image_problems(config: StackConfig) -> list[str]:
     """Why an image the stack runs cannot be pulled by its cluster; [] when every one can."""
-    problems = _settings_problems(config)
+    problems = _settings_problems(config) + _platform_problems(config) + _repository_problems(config)
     if config.platform not in PULL_CHECKED:
-        return problems  # minikube runs local images legitimately; gke/eks: see PULL_CHECKED
+        return problems  # minikube runs local images legitimately
     built = built_slots(config)
     return problems + [p for key, image in used_images(config) if key not in built
                        for p in [_image_problem(config, key, image)] if p is not None]
@@ -155,22 +214,30 @@ def project_build(name: str, version: str) -> ImageBuild:
     return ImageBuild(context=context, dockerfile=dockerfile, target=target, version=version)
 
 
+def push_target(config: StackConfig, platform: Platform) -> ImageRegistry:
+    """images.registry with its configured login, else the registry the platform creates (its token)."""
+    i = config.images
+    if i.registry is None:
+        created = platform.registry
+        assert created is not None  # image_problems requires images.registry where the platform has none
+        return created
+    auth = None
+    if i.username is not None and i.password is not None:
+        auth = RegistryAuth(i.username, pulumi.Output.secret(i.password.get_secret_value()))
+    return ImageRegistry(i.registry, auth)
+
+
 def declare_images(config: StackConfig, platform: Platform,
                    opts: pulumi.ResourceOptions | None = None) -> StackImages:
     """Build and push the project images the stack runs (images.mode build); others resolve as configured."""
     slots = built_slots(config)
     if not slots:
         return StackImages({})
-    i = config.images
-    registry = i.registry if i.registry is not None else platform.registry_url
-    assert registry is not None  # image_problems requires one where the platform has none
-    auth = None
-    if i.username is not None and i.password is not None:
-        auth = RegistryAuth(i.username, pulumi.Output.secret(i.password.get_secret_value()))
     configured = dict(used_images(config))
-    builds = {name: project_build(name, configured[key].tag) for key, name in slots.items()}
-    images = PlatformImages("images", PlatformImagesArgs(registry=registry, builds=builds,
-                                                         platforms=tuple(i.platforms), auth=auth), opts)
+    target = push_target(config, platform)
+    images = PlatformImages("images", PlatformImagesArgs(
+        registry=target.url, auth=target.auth, push_after=target.repositories, platforms=build_platforms(config),
+        builds={name: project_build(name, configured[key].tag) for key, name in slots.items()}), opts)
     return StackImages({key: images.images[name] for key, name in slots.items()})
 
 

@@ -58,6 +58,12 @@ def cluster_facts(config: StackConfig) -> ClusterFacts:
     )
 
 
+def host_access(config: StackConfig) -> bool:
+    """Pods may use the host (node-exporter) and objects may live in kube-system; GKE Autopilot
+    refuses both."""
+    return not (config.platform == "gke" and config.gcp is not None and config.gcp.autopilot)
+
+
 def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
     db, store, k = config.database, config.object_store, config.kubernetes
     backup = None
@@ -126,6 +132,7 @@ def _gke_settings(config: StackConfig) -> GkeSettings:
         release_channel=g.release_channel,
         kubernetes_version=config.kubernetes.version,
         private_endpoint=g.private_endpoint,
+        master_cidr=g.network.master_cidr,
         authorized_networks=tuple(g.authorized_networks),
         subnet_cidr=g.network.subnet_cidr,
         pods_cidr=g.network.pods_cidr,
@@ -142,6 +149,7 @@ def _gke_settings(config: StackConfig) -> GkeSettings:
         storage_class=config.kubernetes.storage_class,
         protect=config.protected,
         labels=_labels(config),
+        dns=config.gateway.dns is not None,
     )
 
 
@@ -165,7 +173,8 @@ def _eks_settings(config: StackConfig) -> EksSettings:
                                 a.database.storage_gi, a.database.high_availability),
         max_storage_gi=a.database.max_storage_gi,
         client_image=config.database.image.ref,
-        buckets=bucket_names(config, stack),
+        # no `backups` bucket: RDS keeps its own automated backups and snapshots, nothing would write it
+        buckets={p: n for p, n in bucket_names(config, stack).items() if p != "backups"},
         registry=a.registry,
         registry_images=tuple(a.registry_images),
         log_retention_days=a.log_retention_days,
@@ -174,4 +183,7 @@ def _eks_settings(config: StackConfig) -> EksSettings:
         storage_class=config.kubernetes.storage_class or "gp3",
         protect=config.protected,
         tags=_labels(config),
+        cluster_admins=tuple(a.cluster_admins),
+        cluster_viewers=tuple(a.cluster_viewers),
+        create_github_oidc_provider=config.ci.github is not None and config.ci.github.create_aws_oidc_provider,
     )

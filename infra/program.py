@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pydantic import SecretStr
 
-from infra.config import ModelSourceConfig, ServedModelConfig, StackConfig
+from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackConfig
 from infra.images import StackImages, declare_images
-from infra.platforms import make_platform
+from infra.platforms import host_access, make_platform
 from infra.workloads import declare_workloads
 from modules import kube
 from modules.ci.github import GithubOidc
@@ -20,6 +22,7 @@ from modules.ci.runners import GithubRunners, RunnersArgs
 from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls, public_url
 from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
+from modules.mlflow.users import MlflowPermission, MlflowUser, MlflowUsers, MlflowUsersArgs
 from modules.monitoring import Monitoring, MonitoringArgs, ScrapeTarget
 from modules.namespaces import Namespaces, NamespacesArgs
 from modules.platform.contract import BucketAccess, ObjectStore, Platform
@@ -28,13 +31,24 @@ from modules.serving.contract import (
     CustomImage,
     ModelDeploymentArgs,
     ModelSource,
+    RegistryAccess,
+    RegistryAlias,
     RegistryModel,
     ServingEngine,
 )
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
 
 MODEL_SERVER_ACCOUNT = "model-server"
+# the read-only MLflow user alias models log in as (keys username, password, in the serving namespace)
+MODEL_READER_SECRET = "mlflow-model-reader"
 SELDON_NAMESPACE = "seldon-system"
+CI_MLFLOW_USER = "ci-models"  # the model pipeline's MLflow login (Secret CI_MLFLOW_SECRET in MLflow's namespace)
+CI_MLFLOW_SECRET = "mlflow-ci-models"
+# workload -> (experiment, registered model) its training writes (EXPERIMENT, MODEL_NAME in workloads/*/train.py)
+CI_MLFLOW_RESOURCES = {"energy": ("energy-forecast", "energy-forecast"), "neo": ("Hazardous_NEOs", "NEOs"),
+                       "mnist": ("mnist", "mnist")}
+# the users reconcile Job (python + requests, a few REST calls): measured peak RSS in tests/test_mlflow_users.py
+MLFLOW_USERS_RESOURCES = Resources(cpu="50m", memory="64Mi", memory_limit="128Mi")
 
 
 def declare(config: StackConfig) -> None:
@@ -51,7 +65,8 @@ def declare(config: StackConfig) -> None:
             "serving": (ns.serving, "baseline"),
             # the operator's release namespace: Helm creates none, and the chart has no template for it
             "seldon": (SELDON_NAMESPACE, "restricted"),
-            "monitoring": (ns.monitoring, "privileged"),  # node-exporter reads the host
+            # node-exporter reads the host; without it (Autopilot) the chart's pods meet baseline
+            "monitoring": (ns.monitoring, "privileged" if host_access(config) else "baseline"),
             **({"workloads": (ns.workloads, "restricted")} if config.workloads.any_enabled else {}),
         }),
         opts=k8s_opts,
@@ -84,11 +99,13 @@ def declare(config: StackConfig) -> None:
             default_permission=config.mlflow.default_permission,
             service_account_annotations=platform.identity_annotations(mlflow_access),
             external_hosts=(f"mlflow.{config.gateway.domain}",),
+            placement=platform.placement("system").pod_spec(),
         ),
         opts=k8s_opts,
     )
+    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts)
 
-    gateway = _gateway(config, platform.gateway_service_annotations, k8s_opts)
+    gateway = _gateway(config, platform, k8s_opts)
     domain = config.gateway.domain
     gateway.route(Route("mlflow", f"mlflow.{domain}", namespaces.names["mlflow"], "mlflow", MLFLOW_PORT))
     gateway.route(Route("grafana", f"grafana.{domain}", namespaces.names["monitoring"],
@@ -96,16 +113,17 @@ def declare(config: StackConfig) -> None:
 
     grafana_password = _secret_or_generated(
         "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
-    monitoring = _monitoring(config, namespaces, platform.metrics_services, admin_password, grafana_password,
-                             k8s_opts)
+    monitoring = _monitoring(config, namespaces, platform, admin_password, grafana_password, k8s_opts)
     if "workloads" in namespaces.names:
         declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
                           admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
 
     engine = _serving_engine(config, gateway, namespaces.names["seldon"], images, k8s_opts)
-    model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, k8s_opts)
+    model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, mlflow.url, k8s_opts)
 
-    _ci(config, platform, namespaces.names["serving"], k8s_opts)
+    pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
+                "kubeconfig": cluster.kubeconfig, "registryUrl": platform.registry_url}
+    _ci(config, platform, namespaces.names["serving"], users, pipeline, k8s_opts)
 
     pulumi.export("platform", config.platform)
     pulumi.export("environment", config.environment)
@@ -117,6 +135,9 @@ def declare(config: StackConfig) -> None:
     pulumi.export("mlflowPortForward", mlflow.port_forward)
     pulumi.export("mlflowAdminUsername", config.mlflow.admin_username)
     pulumi.export("mlflowAdminPassword", admin_password)
+    if CI_MLFLOW_USER in users.passwords:
+        pulumi.export("mlflowCiUsername", CI_MLFLOW_USER)
+        pulumi.export("mlflowCiPassword", users.passwords[CI_MLFLOW_USER])
     pulumi.export("grafanaUrl", gateway.url(f"grafana.{domain}"))
     pulumi.export("grafanaAdminPassword", grafana_password)
     pulumi.export("modelsBaseUrl", f"{gateway.url(f'models.{domain}')}/seldon/{ns.serving}/")
@@ -129,9 +150,42 @@ def declare(config: StackConfig) -> None:
         pulumi.export("registryUrl", platform.registry_url)
 
 
-def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str],
-        opts: pulumi.ResourceOptions) -> None:
-    """Keyless identities for GitHub Actions (clouds) and in-cluster runners (any cluster)."""
+def _mlflow_users(config: StackConfig, namespaces: Namespaces, mlflow: Mlflow, images: StackImages,
+                  opts: pulumi.ResourceOptions) -> MlflowUsers:
+    """MLflow identities besides the admin: `model-reader`, READ on each registered model served by alias."""
+    served = sorted({s.model for m in config.serving.models.values() for s in m.aliases if s.model is not None})
+    reader = MlflowUser(
+        username="model-reader",
+        secret_namespace=namespaces.names["serving"],
+        secret_name=MODEL_READER_SECRET,
+        permissions=tuple(MlflowPermission("registered_model", name, "READ") for name in served),
+    )
+    ci = [ci_mlflow_user(namespaces.names["mlflow"])] if config.ci.github is not None else []
+    return MlflowUsers("mlflow-users", MlflowUsersArgs(
+        namespace=namespaces.names["mlflow"],
+        image=images.ref("mlflow.image", config.mlflow.image),
+        tracking_url=mlflow.url,
+        admin_secret="mlflow-server",  # the Mlflow component's Secret (key admin-password)
+        admin_username=config.mlflow.admin_username,
+        users=[reader, *ci],
+        resources=MLFLOW_USERS_RESOURCES.to_k8s(),
+        protect=config.protected,
+    ), opts=pulumi.ResourceOptions.merge(opts, kube.after([mlflow])))
+
+
+def ci_mlflow_user(namespace: pulumi.Input[str]) -> MlflowUser:
+    """The model pipeline's own MLflow login: it trains, registers and moves aliases of the demo
+    workloads' models, and may do nothing else (no admin, no other experiment or model)."""
+    permissions = [MlflowPermission(kind, name, "EDIT") for experiment, model in CI_MLFLOW_RESOURCES.values()
+                   for kind, name in (("experiment", experiment), ("registered_model", model))]
+    return MlflowUser(CI_MLFLOW_USER, namespace, CI_MLFLOW_SECRET, tuple(permissions))
+
+
+def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,
+        pipeline: Mapping[str, Any], opts: pulumi.ResourceOptions) -> None:
+    """Keyless identities for GitHub Actions (clouds) and in-cluster runners (any cluster). The model
+    pipeline reads `pipeline` plus its MLflow login from a cloud secret only `models` may read, never
+    the Pulumi state (docs/decisions/0010-ci-stack-outputs.md)."""
     github = config.ci.github
     if github is not None:
         identities = platform.ci_identities(GithubOidc(
@@ -143,7 +197,9 @@ def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str],
             aws_provider_arn=github.aws_oidc_provider_arn,
         ))
         ModelDeployerAccess("ci-model-deployer", serving_ns, [identities.model_deployer], opts=opts)
-        pulumi.export("ciIdentities", identities.outputs)
+        values = {**pipeline, "mlflowUsername": CI_MLFLOW_USER, "mlflowPassword": users.passwords[CI_MLFLOW_USER]}
+        reference = platform.ci_values(pulumi.Output.secret(pulumi.Output.json_dumps(values)))
+        pulumi.export("ciIdentities", {**identities.outputs, "modelsStackValues": reference})
     r = config.ci.runners
     if r.enabled:
         assert r.github_config_url is not None and r.github_token is not None  # checked by the config model
@@ -170,9 +226,10 @@ def _secret_or_generated(name: str, configured: SecretStr | None, protect: bool)
     return pulumi.Output.secret(generated.result)
 
 
-def _gateway(config: StackConfig, service_annotations: Mapping[str, str],
-             opts: pulumi.ResourceOptions) -> IstioGateway:
+def _gateway(config: StackConfig, platform: Platform, opts: pulumi.ResourceOptions) -> IstioGateway:
     g = config.gateway
+    hosts = [f"{service}.{g.domain}" for service in ("mlflow", "grafana", "models")]
+    dns = platform.public_dns(g.dns.zone, g.dns.project, hosts, g.dns.ttl) if g.dns else None
     tls = None
     if g.tls.enabled:
         tls = Tls(issuer=g.tls.issuer, email=g.tls.email, cert_manager_version=g.tls.cert_manager_version,
@@ -182,19 +239,20 @@ def _gateway(config: StackConfig, service_annotations: Mapping[str, str],
         IstioGatewayArgs(
             namespace="istio-system",
             version=g.istio_version,
-            hosts=[f"{service}.{g.domain}" for service in ("mlflow", "grafana", "models")],
+            hosts=hosts,
             service_type=g.service_type,
             istiod_resources=g.istiod_resources.to_k8s(),
             gateway_resources=g.gateway_resources.to_k8s(),
             gateway_replicas=g.replicas,
             tls=tls,
-            service_annotations=service_annotations,
+            service_annotations=platform.gateway_service_annotations,
+            dns=dns,
         ),
         opts=opts,
     )
 
 
-def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequence[str],
+def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
                 mlflow_password: pulumi.Output[str], grafana_password: pulumi.Output[str],
                 opts: pulumi.ResourceOptions) -> Monitoring:
     m = config.monitoring
@@ -223,10 +281,13 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, data_services: Sequ
             targets=[
                 ScrapeTarget("mlflow", namespaces.names["mlflow"], kube.selector("mlflow"), "http",
                              basic_auth_secret=scrape_auth.metadata.name),
-                *(ScrapeTarget(service, platform_ns, kube.selector(service), "metrics") for service in data_services),
+                *(ScrapeTarget(service, platform_ns, kube.selector(service), "metrics")
+                  for service in platform.metrics_services),
             ],
             model_namespaces=[namespaces.names["serving"]],
             runbook_base_url=m.runbook_base_url,
+            node_level=host_access(config),
+            placement=platform.placement("system").pod_spec(),
         ),
         opts=opts,
     )
@@ -252,16 +313,21 @@ def _serving_engine(config: StackConfig, gateway: IstioGateway, namespace: pulum
     )
 
 
-def _source(source: ModelSourceConfig) -> ModelSource:
+def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:
     if source.image is not None:
         return CustomImage(image=source.image.ref, protocol=source.protocol)
+    if source.alias is not None:
+        assert source.model is not None  # checked by the config model
+        return RegistryAlias(model=source.model, alias=source.alias, runtime=source.runtime, poll_seconds=poll_seconds)
     assert source.uri is not None
     return RegistryModel(uri=source.uri, runtime=source.runtime)
 
 
 def _models(config: StackConfig, engine: ServingEngine, platform, object_store: ObjectStore,
-            namespaces: Namespaces, access: BucketAccess, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
-    """The service account and storage credentials model servers share, then one deployment per model."""
+            namespaces: Namespaces, access: BucketAccess, tracking_uri: pulumi.Input[str],
+            opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
+    """The service account model servers share, bucket credentials only if a model is pinned to an
+    artifact URI (alias models read through MLflow), then one deployment per model."""
     serving_ns = namespaces.names["serving"]
     k8s.core.v1.ServiceAccount(
         "model-server-account",
@@ -269,27 +335,34 @@ def _models(config: StackConfig, engine: ServingEngine, platform, object_store: 
                                annotations=dict(platform.identity_annotations(access))),
         opts=opts,
     )
-    storage_secret = _storage_secret(object_store, access, serving_ns, opts)
+    models = config.serving.models
+    pinned = any(s is not None and s.uri is not None for m in models.values() for s in (m.source, m.candidate))
+    storage_secret = _storage_secret(object_store, access, serving_ns, opts) if pinned else None
+    registry = RegistryAccess(tracking_uri=tracking_uri, credentials_secret=MODEL_READER_SECRET)
+    poll = config.serving.registry.poll_seconds
     urls = {}
-    for name, model in config.serving.models.items():
-        urls[name] = engine.deploy(name, _deployment_args(model, serving_ns, storage_secret), opts=opts).url
+    for name, model in models.items():
+        args = replace(_deployment_args(model, serving_ns, storage_secret, registry, poll),
+                       placement=platform.placement("workload").pod_spec())  # model servers: workload pool
+        urls[name] = engine.deploy(name, args, opts=opts).url
     return urls
 
 
-def _deployment_args(model: ServedModelConfig, namespace: pulumi.Input[str],
-                     storage_secret: pulumi.Input[str] | None) -> ModelDeploymentArgs:
+def _deployment_args(model: ServedModelConfig, namespace: pulumi.Input[str], storage_secret: pulumi.Input[str] | None,
+                     registry: RegistryAccess, poll_seconds: int) -> ModelDeploymentArgs:
     a = model.autoscaling
     return ModelDeploymentArgs(
         namespace=namespace,
-        source=_source(model.source),
+        source=_source(model.source, poll_seconds),
         replicas=model.replicas,
         resources=model.resources.to_k8s(),
         autoscaling=Autoscaling(a.min_replicas, a.max_replicas, a.target_cpu_percent) if a else None,
-        candidate=_source(model.candidate) if model.candidate else None,
+        candidate=_source(model.candidate, poll_seconds) if model.candidate else None,
         candidate_mode=model.candidate_mode,
         canary_percent=model.canary_percent,
         service_account=MODEL_SERVER_ACCOUNT,
         storage_secret=storage_secret,
+        registry=registry if model.aliases else None,
     )
 
 

@@ -236,6 +236,10 @@ def _cloud_checks(config: StackConfig) -> list[str]:
         if not g.autopilot and g.node_pools.system.min_nodes < 1:
             problems.append(_problem("gcp.nodePools.system.minNodes", 0, "the system pool runs kube-system and "
                                                                         "MLflow: allowed 1 or more"))
+        if config.environment == "prod" and _open_control_plane(config, "gcp"):
+            problems.append(_problem("gcp.authorizedNetworks", [], "a prod control plane must not be open to "
+                                     "the whole internet: allowed a non-empty list of CIDRs (office, VPN, CI "
+                                     "egress), or gcp.privateEndpoint true"))
         if backup.enabled and backup.retention_days > CLOUD_SQL_MAX_BACKUPS:
             problems.append(_problem("database.backup.retentionDays", backup.retention_days,
                                      f"Cloud SQL keeps 1 to {CLOUD_SQL_MAX_BACKUPS} automated backups"))
@@ -249,10 +253,51 @@ def _cloud_checks(config: StackConfig) -> list[str]:
             problems.append(_problem("aws.authorizedNetworks", a.authorized_networks,
                                      "these restrict the public endpoint, which aws.privateEndpoint true "
                                      "turns off: allowed [] with a private endpoint"))
+        if config.environment == "prod" and _open_control_plane(config, "aws"):
+            problems.append(_problem("aws.authorizedNetworks", [], "a prod control plane must not be open to "
+                                     "the whole internet: allowed a non-empty list of CIDRs (office, VPN, CI "
+                                     "egress), or aws.privateEndpoint true"))
+        problems += _eks_version_problems(config.kubernetes.version)
+        dns = config.gateway.dns
+        if dns is not None and not re.fullmatch(r"Z[A-Z0-9]{1,31}", dns.zone):
+            problems.append(_problem("gateway.dns.zone", dns.zone, "on eks the Route 53 hosted-zone id of "
+                                     "gateway.domain is allowed, such as 'Z0123456789ABCDEFGHIJ' "
+                                     "(`aws route53 list-hosted-zones-by-name`)"))
+        if dns is not None and dns.project is not None:
+            problems.append(_problem("gateway.dns.project", dns.project, "a Cloud DNS project means nothing on "
+                                     "eks: allowed unset"))
         if backup.enabled and backup.retention_days > RDS_MAX_BACKUP_DAYS:
             problems.append(_problem("database.backup.retentionDays", backup.retention_days,
                                      f"RDS keeps automated backups 1 to {RDS_MAX_BACKUP_DAYS} days"))
     return problems
+
+
+def _eks_version_problems(version: str) -> list[str]:
+    """The Cluster Autoscaler is pinned per Kubernetes minor (its simulation is that minor's scheduler)."""
+    from modules.platform.eks.autoscaler import IMAGE_TAGS
+
+    if version in IMAGE_TAGS:
+        return []
+    return [_problem("kubernetes.version", version, "on eks the Cluster Autoscaler is pinned for "
+                     f"{', '.join(IMAGE_TAGS)} only: allowed one of these (or add its release to IMAGE_TAGS in "
+                     "modules/platform/eks/autoscaler.py)")]
+
+
+def _open_control_plane(config: StackConfig, section: str) -> bool:
+    """The cluster's API endpoint is public and admits any address."""
+    cloud = getattr(config, section)
+    return cloud is not None and not cloud.private_endpoint and not cloud.authorized_networks
+
+
+def config_warnings(config: StackConfig) -> list[str]:
+    """Settings allowed outside prod that a reviewer should see (the program logs them with
+    `pulumi.log.warn`; the offline plan's summary lists them)."""
+    section = CLOUD_SECTION.get(config.platform)
+    if section is not None and _open_control_plane(config, section):
+        return [f"{PROJECT}:{section}.authorizedNetworks: [] with a public endpoint: the Kubernetes API of this "
+                f"{config.environment} cluster accepts connections from any address (allowed outside prod; "
+                f"set CIDRs or {section}.privateEndpoint true to close it)"]
+    return []
 
 
 def _gateway_checks(config: StackConfig) -> list[str]:
@@ -264,7 +309,11 @@ def _gateway_checks(config: StackConfig) -> list[str]:
                                  "false), so Helm would wait for one until the release rolls back: allowed "
                                  "ClusterIP or NodePort, or set kubernetes.loadBalancers true if a provisioner "
                                  "(MetalLB, kube-vip, a running `minikube tunnel`) gives addresses"))
-    if g.tls.enabled and g.tls.issuer == "letsencrypt" and g.service_type != "LoadBalancer":
+    if g.dns is not None and (config.platform not in CLOUD_SECTION or g.service_type != "LoadBalancer"):
+        problems.append(_problem("gateway.dns", g.dns.model_dump(by_alias=True),
+                                 "records point at the gateway's cloud load balancer: allowed on gke and eks "
+                                 "with gateway.serviceType LoadBalancer"))
+    if g.tls.enabled and g.tls.issuer == "letsencrypt" and g.service_type != "LoadBalancer" and g.dns is None:
         problems.append(_problem("gateway.tls.issuer", g.tls.issuer,
                                  f"Let's Encrypt checks each name over HTTP-01 on port 80, which a {g.service_type} "
                                  "gateway does not listen on: allowed with gateway.serviceType LoadBalancer"))

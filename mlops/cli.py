@@ -147,6 +147,58 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
 
 
+def _registry_client(args: argparse.Namespace, command: str):
+    """An MLflow client for the stack's registry: from its outputs when --stack/--outputs are
+    given, else from MLFLOW_TRACKING_URI (+ _USERNAME/_PASSWORD)."""
+    import os
+
+    from mlflow import MlflowClient
+
+    from mlops import train
+
+    if args.stack or args.outputs:
+        outputs = _outputs(args, command)
+        if outputs is None:
+            return None
+        try:
+            os.environ.update(train.training_env(outputs, args.insecure))
+        except ValueError as error:
+            print(f"mlops {command}: {error}", file=sys.stderr)
+            return None
+    elif not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"mlops {command}: give --stack (or --outputs), or set MLFLOW_TRACKING_URI", file=sys.stderr)
+        return None
+    return MlflowClient()
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlops import registry
+
+    client = _registry_client(args, "rollback")
+    if client is None:
+        return 2
+    try:
+        print(registry.rollback(client, args.model))
+    except LookupError as error:
+        print(f"mlops rollback: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from mlops import registry
+
+    client = _registry_client(args, "lineage")
+    if client is None:
+        return 2
+    try:
+        print(registry.lineage(client, args.model, args.alias))
+    except LookupError as error:
+        print(f"mlops lineage: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from mlops.cost.cli import run
 
@@ -211,6 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("workload", choices=WORKLOADS)
     deployed_stack_arguments(train)
     train.set_defaults(run=cmd_train)
+
+    def registry_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--model", required=True, help="workload (energy, neo, mnist) or registered model name")
+        command.add_argument("--stack", help=f"one of: {stacks} (default: MLFLOW_TRACKING_URI from the environment)")
+        command.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+        command.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+
+    rollback = commands.add_parser("rollback", help="move a model's champion alias back to the previous champion")
+    registry_arguments(rollback)
+    rollback.set_defaults(run=cmd_rollback)
+
+    lineage = commands.add_parser("lineage", help="version, run, datasets, commit and image behind an alias")
+    registry_arguments(lineage)
+    lineage.add_argument("--alias", default="champion")
+    lineage.set_defaults(run=cmd_lineage)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
     from mlops.cost.cli import add_arguments

@@ -8,6 +8,9 @@ Helm and the kubelet do when the plan is applied:
   the resource waits for it (its dependencies reach that release);
 - every Secret, ConfigMap, ServiceAccount, PVC and StorageClass a pod names exists, with the keys
   it reads; every image is pinned and can be pulled by this cluster;
+- whatever claims a volume of a StorageClass the plan makes (a PVC, a StatefulSet, a release whose
+  values carry a claim template; the plan's default class where none is named) waits for that
+  class: its dependencies, or those of its provider, reach it;
 - no awaited release waits for something the platform never provides (a LoadBalancer address on
   a cluster without a load-balancer provisioner).
 Each error names the object, the field and the fix.
@@ -53,6 +56,7 @@ CHART_USES_GROUPS: dict[str, frozenset[str]] = {
 # is ready only once it has an ingress address).
 CHART_SERVICE_TYPE: dict[str, tuple[str, ...]] = {"gateway": ("service", "type")}
 LOCAL_PREFIX = "mlops-stack/"  # repositories of the project's images as `make up` loads them into minikube
+DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
 POD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"})
 
 
@@ -61,6 +65,8 @@ class _Index:
     namespaces: set[str] = field(default_factory=set)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     storage_classes: set[str] = field(default_factory=set)
+    storage_class_urns: dict[str, str] = field(default_factory=dict)  # classes the plan makes -> URN
+    default_class: str | None = None  # the plan's class annotated as the cluster default
     crd_groups: dict[str, str] = field(default_factory=dict)  # API group -> URN of what installs it
     built_images: set[str] = field(default_factory=set)
 
@@ -85,6 +91,9 @@ def _index(plan: Plan) -> _Index:
                 index.namespaces.add(meta["name"])
             elif obj["kind"] == "StorageClass":
                 index.storage_classes.add(meta["name"])
+                index.storage_class_urns[meta["name"]] = resource["urn"]
+                if (meta.get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true":
+                    index.default_class = meta["name"]
             elif obj["kind"] == "CustomResourceDefinition":
                 index.crd_groups[obj["spec"]["group"]] = resource["urn"]
         elif resource["type"] == RELEASE:
@@ -99,8 +108,9 @@ def _index(plan: Plan) -> _Index:
 
 
 def _closure(plan: Plan) -> dict[str, set[str]]:
-    """URN -> every URN it waits for, transitively."""
-    direct = {r["urn"]: set(r.get("depends_on") or ()) for r in plan.resources}
+    """URN -> every URN it waits for, transitively (a resource waits for its provider too)."""
+    direct = {r["urn"]: set(r.get("depends_on") or ()) | ({r["provider"]} if r.get("provider") else set())
+              for r in plan.resources}
     done: dict[str, set[str]] = {}
 
     def reach(urn: str, stack: set[str]) -> set[str]:
@@ -151,7 +161,7 @@ class _Checker:
                 self._custom_resource(resource, obj)
                 for path, pod in _pod_specs(obj):
                     self._pod(obj, path, pod)
-                self._claims(obj)
+                self._claims(obj, resource["urn"])
             elif resource["type"] == RELEASE:
                 self._release(resource)
         return self.errors
@@ -205,7 +215,7 @@ class _Checker:
                                    "address that never comes and rolls back; use NodePort/ClusterIP "
                                    "(gateway.serviceType) or set kubernetes.loadBalancers if the cluster has one")
         for claim_path, storage_class in _value_storage_classes(inputs.get("values") or {}):
-            self._storage_class(where, f"values.{claim_path}", storage_class)
+            self._storage_class(where, f"values.{claim_path}", storage_class, resource["urn"])
 
     def _pod(self, obj: dict[str, Any], path: str, pod: dict[str, Any]) -> None:
         namespace = (obj.get("metadata") or {}).get("namespace", "default")
@@ -264,22 +274,31 @@ class _Checker:
                                "`make up` loads it; on this cluster build and push it (images.registry) or "
                                "name a pullable image with its digest")
 
-    def _claims(self, obj: dict[str, Any]) -> None:
+    def _claims(self, obj: dict[str, Any], urn: str) -> None:
         spec = obj.get("spec") or {}
         if obj.get("kind") == "PersistentVolumeClaim":
-            self._storage_class(_label(obj), "spec.storageClassName", spec.get("storageClassName"))
+            self._storage_class(_label(obj), "spec.storageClassName", spec.get("storageClassName"), urn)
         for i, template in enumerate(spec.get("volumeClaimTemplates") or []):
             self._storage_class(_label(obj), f"spec.volumeClaimTemplates[{i}].spec.storageClassName",
-                                (template.get("spec") or {}).get("storageClassName"))
+                                (template.get("spec") or {}).get("storageClassName"), urn)
 
-    def _storage_class(self, where: str, path: str, storage_class: str | None) -> None:
-        if storage_class is None:
-            if not self.facts.default_storage_class:
-                self.errors.append(f"{where}: {path} is unset and this cluster has no default StorageClass; "
-                                   "set kubernetes.storageClass")
-        elif storage_class not in self.index.storage_classes | self.facts.storage_classes:
+    def _storage_class(self, where: str, path: str, storage_class: str | None, claimant: str) -> None:
+        if storage_class is None and not self.facts.default_storage_class and self.index.default_class is None:
+            self.errors.append(f"{where}: {path} is unset and this cluster has no default StorageClass; "
+                               "set kubernetes.storageClass")
+            return
+        if storage_class is not None and storage_class not in self.index.storage_classes | self.facts.storage_classes:
             self.errors.append(f"{where}: {path} {storage_class!r} is neither made by the plan nor known to "
                                "exist on this platform; set kubernetes.storageClass to one the cluster has")
+            return
+        made = self.index.storage_class_urns.get(storage_class or self.index.default_class or "")
+        if storage_class is None and self.facts.default_storage_class:
+            made = None  # the cluster's own default class takes it, which exists before the plan runs
+        if made is not None and made not in self.closure[claimant]:
+            self.errors.append(f"{where}: {path} claims a volume of StorageClass {storage_class or '(default)'} "
+                               f"that the plan makes ({made.rsplit('::', 1)[-1]}), but does not wait for it: "
+                               "the claim would stay Pending or take another class; add the StorageClass to "
+                               "depends_on (or to its provider's)")
 
     def _needs(self, obj: dict[str, Any], path: str, kind: str, namespace: str, name: str | None,
                keys: list[str | None] = ()) -> None:

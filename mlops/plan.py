@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import runpy
 import shutil
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Plan:
     stack: str
     resources: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the program logs with pulumi.log.warn
 
     @property
     def kubernetes_objects(self) -> list[dict[str, Any]]:
@@ -59,6 +61,7 @@ class Plan:
             "kubernetes_objects": len(self.kubernetes_objects),
             "requests": running,
             "job_requests_peak": jobs,
+            "warnings": self.warnings,
         }
 
 
@@ -126,6 +129,7 @@ class _Recorder(mocks.MockMonitor):
 
 FAKE_ACCOUNT = "123456789012"  # AWS account id in computed ARNs and URLs
 FAKE_PROJECT_NUMBER = "123456789"  # Google project number in computed resource names
+FAKE_TOKEN = "plan-placeholder-token"  # registry login tokens the provider invokes would return
 FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCnBsYW4tcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
 
@@ -162,9 +166,19 @@ def _computed(typ: str, i: dict[str, Any], region: str) -> dict[str, Any]:
     if typ == "aws:s3/bucket:Bucket":
         bucket = i.get("bucket") or i["bucketPrefix"] + "20260101000000000000000001"  # provider's unique suffix
         return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}"}
+    if typ == "aws:secretsmanager/secret:Secret":
+        name = i.get("name") or i["namePrefix"] + "20260101000000000000000001"  # provider's unique suffix
+        return {"name": name, "arn": f"arn:aws:secretsmanager:{region}:{FAKE_ACCOUNT}:secret:{name}-AbCdEf"}
     if typ == "aws:ecr/repository:Repository":
         return {"repositoryUrl": f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{i['name']}",
                 "arn": f"arn:aws:ecr:{region}:{FAKE_ACCOUNT}:repository/{i['name']}"}
+    if typ == "aws:ec2/eip:Eip":
+        n = int(hashlib.sha256(str((i.get("tags") or {}).get("Name")).encode()).hexdigest(), 16) % 254 + 1
+        return {"allocationId": f"eipalloc-{n:017x}", "publicIp": f"198.51.100.{n}"}  # documentation range
+    if typ == "random:index/randomId:RandomId":
+        return {"hex": "0f" * int(i.get("byteLength", 4))}  # a fixed stand-in: plans stay deterministic
+    if typ == "gcp:compute/address:Address":
+        return {"address": "203.0.113.10"}  # a documentation address (RFC 5737)
     if typ == "aws:ec2/launchTemplate:LaunchTemplate":
         return {"latestVersion": 1}
     if typ == "docker-build:index:Image" and i.get("push"):
@@ -191,6 +205,17 @@ class _Mocks(mocks.Mocks):
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs):
+        if args.token == "aws:iam/getOpenIdConnectProvider:getOpenIdConnectProvider":
+            # the account's provider, looked up by URL (what `pulumi up` reads from IAM)
+            url = str(args.args.get("url", "")).removeprefix("https://")
+            return {"arn": f"arn:aws:iam::{FAKE_ACCOUNT}:oidc-provider/{url}", "url": url}
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            # docker login to the account's registry host (the real token lives 12 hours)
+            host = f"{FAKE_ACCOUNT}.dkr.ecr.{self.aws_region}.amazonaws.com"
+            return {"userName": "AWS", "password": FAKE_TOKEN, "proxyEndpoint": f"https://{host}",
+                    "authorizationToken": FAKE_TOKEN, "expiresAt": "2026-01-01T12:00:00Z", "id": self.aws_region}
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            return {"accessToken": FAKE_TOKEN, "id": "client-config"}
         return {}
 
 
@@ -229,6 +254,17 @@ def stack_config(stack: str, stacks_dir: Path | None = None) -> tuple[dict[str, 
     return values, secret_keys
 
 
+class _WarningsLogger(logging.Logger):
+    """The mock engine's log: warnings go into the plan; errors still reach stderr."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__("mlops.plan.engine")
+        self.plan = plan
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.plan.warnings.append(str(msg))
+
+
 async def _resolve_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
     resolved = {}
     for name, value in outputs.items():
@@ -249,7 +285,7 @@ def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = No
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(values, secret_keys)
     pulumi.runtime.set_mocks(plan_mocks, project=PROJECT, stack=stack, preview=False,
-                             monitor=_Recorder(plan_mocks, plan, reveal_secrets))
+                             logger=_WarningsLogger(plan), monitor=_Recorder(plan_mocks, plan, reveal_secrets))
     _sync_await(mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM / "__main__.py"), run_name="__main__")))
     plan.resources.sort(key=lambda r: r["urn"])  # registration order is not guaranteed; URNs are
     root = settings.get_root_resource()

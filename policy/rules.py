@@ -156,6 +156,67 @@ def pinned_github_trust(type_: str, props: Props) -> list[str]:
     return problems
 
 
+def eks_network_policy(type_: str, props: Props) -> list[str]:
+    """NetworkPolicies are inert on EKS unless the VPC CNI add-on runs its network policy agent."""
+    if type_ != "aws:eks/addon:Addon" or props.get("addonName") != "vpc-cni":
+        return []
+    try:
+        values = json.loads(props.get("configurationValues") or "{}")
+    except (TypeError, ValueError):
+        values = {}
+    if not isinstance(values, dict) or values.get("enableNetworkPolicy") != "true":
+        return [f"EKS add-on vpc-cni of {props.get('clusterName')}: configurationValues must set "
+                '"enableNetworkPolicy": "true" (a string), else no NetworkPolicy is enforced']
+    return []
+
+
+def rds_final_snapshot(type_: str, props: Props) -> list[str]:
+    """A protected database keeps a last snapshot when it is finally destroyed."""
+    if type_ != "aws:rds/instance:Instance" or not props.get("deletionProtection"):
+        return []
+    if props.get("skipFinalSnapshot") or not props.get("finalSnapshotIdentifier"):
+        return [f"RDS {props.get('identifier')}: deletionProtection is on, so skipFinalSnapshot must be false "
+                "with a finalSnapshotIdentifier (unique per destroy, e.g. a random suffix kept in state)"]
+    return []
+
+
+def gke_control_plane_closed(type_: str, props: Props) -> list[str]:
+    """A protected (non-dev) GKE cluster's API admits only listed networks or the VPC."""
+    if type_ != "gcp:container/cluster:Cluster" or not props.get("deletionProtection"):
+        return []
+    private = (props.get("privateClusterConfig") or {}).get("enablePrivateEndpoint")
+    networks = (props.get("masterAuthorizedNetworksConfig") or {}).get("cidrBlocks")
+    if private or networks:
+        return []
+    return [f"GKE cluster {props.get('name')}: deletionProtection is on (a protected stack) but the control plane "
+            "admits any address: set masterAuthorizedNetworksConfig.cidrBlocks or "
+            "privateClusterConfig.enablePrivateEndpoint"]
+
+
+def service_networking_destroyable(type_: str, props: Props) -> list[str]:
+    """Deleting a Service Networking connection fails while Cloud SQL still holds it (days after the
+    instance is gone): a destroy finishes only if the peering is removed or abandoned instead."""
+    if type_ != "gcp:servicenetworking/connection:Connection":
+        return []
+    if props.get("deletionPolicy") in ("REMOVE_PEERING", "ABANDON"):
+        return []
+    return [f"Service Networking connection of {props.get('network')}: deletionPolicy must be REMOVE_PEERING "
+            "(or ABANDON, which leaves the peering and so the network), else `pulumi destroy` cannot finish"]
+
+
+def pushed_image_tags(type_: str, props: Props) -> list[str]:
+    """A pushed build names a version: registries with immutable tags (Artifact Registry, ECR as the
+    platform makes them) refuse a second push of a tag, and `latest` (or no tag) names nothing."""
+    if type_ != "docker-build:index:Image" or not props.get("push"):
+        return []
+    tags = [str(t) for t in props.get("tags") or []]
+    bad = [t for t in tags if t.rpartition(":")[2] in ("", "latest") or "/" in t.rpartition(":")[2]]
+    if tags and not bad:
+        return []
+    return [f"image build {tags or '(no tags)'}: a pushed image needs a version tag (e.g. content-derived), "
+            f"not {bad or 'none'}"]
+
+
 RULES = [
     Rule("pinned-images", "Container images carry a version tag or digest, never `latest`.", pinned_images),
     Rule("resources-set", "Every container requests CPU and memory and has a memory limit.", resources_set),
@@ -165,6 +226,13 @@ RULES = [
     Rule("private-databases", "Managed PostgreSQL has no public address and is encrypted.", private_databases),
     Rule("imds-v2", "EKS nodes require IMDSv2.", imds_v2),
     Rule("pinned-github-trust", "CI identities trust exact GitHub subjects only.", pinned_github_trust),
+    Rule("eks-network-policy", "The EKS VPC CNI enforces NetworkPolicies.", eks_network_policy),
+    Rule("rds-final-snapshot", "A protected RDS instance leaves a final snapshot.", rds_final_snapshot),
+    Rule("gke-control-plane-closed", "A protected GKE cluster's API is not open to the internet.",
+         gke_control_plane_closed),
+    Rule("service-networking-destroyable", "The Cloud SQL peering does not block `pulumi destroy`.",
+         service_networking_destroyable),
+    Rule("pushed-image-tags", "Images the program pushes carry a version tag, never `latest`.", pushed_image_tags),
 ]
 
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -48,19 +49,25 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float, log: Path) -
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a loaded machine answers late
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} not ready within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+# credentials a pod of the serving namespace does not have; dropped where a test proves it needs none
+BUCKET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL",
+              "GOOGLE_APPLICATION_CREDENTIALS")
+
+
 @contextmanager
 def _server(command: list[str], env: dict[str, str], ready_path: str, port: int, workdir: Path,
-            timeout: float) -> Iterator[str]:
+            timeout: float, drop: tuple[str, ...] = ()) -> Iterator[str]:
     log = workdir / "server.log"
+    inherited = {k: v for k, v in os.environ.items() if k not in drop}
     with log.open("w") as out:
         process = subprocess.Popen([*ONE_CPU, *command], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **SINGLE_THREAD, **env})
+                                   env={**inherited, **SINGLE_THREAD, **env})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + ready_path, process, timeout, log)
@@ -88,6 +95,31 @@ def mlserver(model_dir: Path, name: str, timeout: float = 180) -> Iterator[str]:
         with _server([command, "start", str(workdir)], {"PYTHONPATH": str(MLSERVER_IMAGE)}, f"/v2/models/{name}/ready", port, workdir,
                      timeout) as url:
             yield url
+
+
+@dataclass(frozen=True)
+class EnvServer:
+    url: str  # V2 REST
+    metrics_url: str  # Prometheus endpoint, at the path the container's env names
+    log: Path
+
+
+@contextmanager
+def mlserver_from_env(env: dict[str, str], ready_path: str, timeout: float = 240) -> Iterator[EnvServer]:
+    """MLServer configured only by environment, as a Seldon custom container is: `env` is the
+    container's (its secrets resolved, as the kubelet does) plus what the operator injects; this
+    adds free loopback ports for MLSERVER_HTTP/GRPC/METRICS_PORT. No bucket credentials are inherited."""
+    command = tool_script("mlserver", "mlserver", "MLServer, the V2 runtime of registry models")
+    port, metrics_port = free_port(), free_port()
+    full = {"PYTHONPATH": str(MLSERVER_IMAGE), "MLSERVER_HOST": "127.0.0.1", **env,
+            "MLSERVER_HTTP_PORT": str(port), "MLSERVER_GRPC_PORT": str(free_port()),
+            "MLSERVER_METRICS_PORT": str(metrics_port)}
+    with tempfile.TemporaryDirectory(prefix="mlserver-env-") as tmp:
+        workdir = Path(tmp)  # an empty model repository: the model comes from MLSERVER_MODEL_*
+        with _server([command, "start", str(workdir)], full, ready_path, port, workdir, timeout,
+                     drop=BUCKET_ENV) as url:
+            endpoint = env.get("MLSERVER_METRICS_ENDPOINT", "/metrics")
+            yield EnvServer(url, f"http://127.0.0.1:{metrics_port}{endpoint}", workdir / "server.log")
 
 
 @contextmanager

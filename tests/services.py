@@ -48,7 +48,7 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
         try:
             if requests.get(url, timeout=2).status_code < 500:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a loaded machine answers late
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout} s")

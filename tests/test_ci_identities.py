@@ -42,7 +42,9 @@ def test_gke_provider_accepts_only_the_repository(plan_of):
 
 def test_gke_each_account_is_impersonable_only_by_its_subjects(plan_of):
     plan = plan_of("gke")
-    pool = "principal://iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/mlops-gke-github"
+    [pool_id] = [p["workloadIdentityPoolId"] for p in inputs(plan, "gcp:iam/workloadIdentityPool:WorkloadIdentityPool")]
+    assert pool_id.startswith("mlops-gke-github-")  # a random suffix: a deleted pool's ID stays taken ~30 days
+    pool = f"principal://iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/{pool_id}"
     members: dict[str, set[str]] = {}
     for binding in inputs(plan, "gcp:serviceaccount/iAMMember:IAMMember"):
         if binding["member"].startswith("principal://"):
@@ -126,9 +128,12 @@ def test_eks_reuses_an_existing_github_provider_when_given():
 
 
 def test_outputs_name_what_the_workflows_need(plan_of):
+    # modelsStackValues: the cloud secret the model pipeline reads (docs/decisions/0010-ci-stack-outputs.md)
     assert set(plan_of("gke").outputs["ciIdentities"]) == {
-        "workloadIdentityProvider", "previewServiceAccount", "infraServiceAccount", "modelsServiceAccount"}
-    assert set(plan_of("eks").outputs["ciIdentities"]) == {"previewRoleArn", "infraRoleArn", "modelsRoleArn"}
+        "workloadIdentityProvider", "previewServiceAccount", "infraServiceAccount", "modelsServiceAccount",
+        "modelsStackValues"}
+    assert set(plan_of("eks").outputs["ciIdentities"]) == {"previewRoleArn", "infraRoleArn", "modelsRoleArn",
+                                                           "modelsStackValues"}
     assert "ciIdentities" not in plan_of("dev").outputs
 
 

@@ -91,8 +91,9 @@ def test_foreign_cloud_section_is_one_problem_not_one_per_key():
 
 @pytest.mark.parametrize("environment", ["dev", "staging", "prod"])
 def test_minimal_cloud_stacks_are_valid_in_every_environment(environment):
-    gke = parse_stack_config({**GKE, "environment": environment})
-    eks = parse_stack_config({**EKS, "environment": environment})
+    closed = ["203.0.113.0/24"]  # prod refuses a control plane open to any address
+    gke = parse_stack_config({**GKE, "environment": environment, "gcp": {**GKE["gcp"], "authorizedNetworks": closed}})
+    eks = parse_stack_config({**EKS, "environment": environment, "aws": {"authorizedNetworks": closed}})
     assert gke.gcp is not None and gke.aws is None and eks.aws is not None and eks.gcp is None
     prod = environment == "prod"
     assert gke.gcp.regional is prod and gke.gcp.database.high_availability is prod
@@ -103,7 +104,8 @@ def test_minimal_cloud_stacks_are_valid_in_every_environment(environment):
 
 def test_sizes_stay_in_the_config_for_a_cost_tool():
     """Machine types, bounds and database sizes are plain config values, per environment."""
-    dev, prod = parse_stack_config({**EKS, "environment": "dev"}), parse_stack_config({**EKS, "environment": "prod"})
+    dev = parse_stack_config({**EKS, "environment": "dev"})
+    prod = parse_stack_config({**EKS, "environment": "prod", "aws": {"privateEndpoint": True}})
     assert dev.aws.node_pools.workload.machine_type == "t3.large" and dev.aws.node_pools.workload.spot
     assert prod.aws.node_pools.workload.max_nodes > dev.aws.node_pools.workload.max_nodes
     assert (dev.aws.database.instance_class, prod.aws.database.instance_class) == ("db.t4g.micro", "db.m6g.large")

@@ -80,6 +80,30 @@ CASES = [  # rule, type, good properties, bad properties
      {"oidc": {"issuerUri": "https://token.actions.githubusercontent.com"},
       "attributeCondition": "assertion.repository == 'o/r'"},
      {"oidc": {"issuerUri": "https://token.actions.githubusercontent.com"}}),
+    ("eks-network-policy", "aws:eks/addon:Addon",
+     {"addonName": "vpc-cni", "configurationValues": '{"enableNetworkPolicy": "true"}'}, {"addonName": "vpc-cni"}),
+    ("eks-network-policy", "aws:eks/addon:Addon",  # the schema's type is a string: a JSON true is refused
+     {"addonName": "vpc-cni", "configurationValues": '{"enableNetworkPolicy": "true"}'},
+     {"addonName": "vpc-cni", "configurationValues": '{"enableNetworkPolicy": true}'}),
+    ("rds-final-snapshot", "aws:rds/instance:Instance",
+     {"identifier": "db", "publiclyAccessible": False, "storageEncrypted": True, "deletionProtection": True,
+      "skipFinalSnapshot": False, "finalSnapshotIdentifier": "db-final-0a1b2c3d"},
+     {"identifier": "db", "publiclyAccessible": False, "storageEncrypted": True, "deletionProtection": True,
+      "skipFinalSnapshot": True}),
+    ("gke-control-plane-closed", "gcp:container/cluster:Cluster",
+     {"name": "c", "deletionProtection": True, "masterAuthorizedNetworksConfig": {
+         "cidrBlocks": [{"cidrBlock": "203.0.113.0/24"}]}},
+     {"name": "c", "deletionProtection": True, "privateClusterConfig": {"enablePrivateNodes": True}}),
+    ("gke-control-plane-closed", "gcp:container/cluster:Cluster",
+     {"name": "c", "deletionProtection": True, "privateClusterConfig": {"enablePrivateEndpoint": True}},
+     {"name": "c", "deletionProtection": True, "masterAuthorizedNetworksConfig": {"cidrBlocks": []}}),
+    ("service-networking-destroyable", "gcp:servicenetworking/connection:Connection",
+     {"network": "vpc", "deletionPolicy": "REMOVE_PEERING"}, {"network": "vpc"}),
+    ("pushed-image-tags", "docker-build:index:Image",
+     {"push": True, "tags": ["r.example.com/mlops/mlserver:1.7.1-1-0123456789ab"]},
+     {"push": True, "tags": ["r.example.com/mlops/mlserver:latest"]}),
+    ("pushed-image-tags", "docker-build:index:Image",
+     {"push": False}, {"push": True, "tags": ["localhost:5000/mlops/mlserver"]}),
 ]
 
 

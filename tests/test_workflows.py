@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -228,3 +229,76 @@ def test_ci_deploys_only_opted_in_stacks_and_prod_separately(tmp_path):
     assert lanes["prod"] == [{"stack": "eks-prod", "platform": "eks", "environment": "prod"}]
     assert run_lanes(tmp_path, "") == {"preview": [], "deploy": [], "prod": []}
     assert "no stack file" in run_lanes(tmp_path, "gke-staging, nope")["error"]
+
+
+HOOKS = ("register", "deploy", "smoke", "promote", "rollback")
+SHIPPED = sorted(p.parent.name for p in (ROOT / "workloads").glob("*/Dockerfile"))
+
+
+def contract_problems(workload_dir: Path) -> list[str]:
+    """Why `workload_dir` does not meet the pipeline contract: every hook present and executable."""
+    problems = []
+    for step in HOOKS:
+        hook = workload_dir / "ci" / step
+        if not hook.is_file():
+            problems.append(f"{hook}: missing")
+        elif not os.access(hook, os.X_OK):
+            problems.append(f"{hook}: not executable")
+    return problems
+
+
+def test_every_shipped_workload_meets_the_pipeline_contract():
+    assert SHIPPED == ["energy", "mnist", "neo"]
+    for name in SHIPPED:
+        assert contract_problems(ROOT / "workloads" / name) == []
+        assert sorted((ROOT / "tests" / "workloads").glob(f"test_{name}_*.py")), f"{name} has no tests to run"
+        for step in HOOKS:
+            text = (ROOT / "workloads" / name / "ci" / step).read_text()
+            assert text.startswith("#!/usr/bin/env sh\n") and f"-m workloads.{name}.hooks {step}" in text
+
+
+def test_a_workload_without_its_hooks_is_named(tmp_path):
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "register").write_text("#!/usr/bin/env sh\n")
+    assert contract_problems(tmp_path) == [f"{tmp_path}/ci/register: not executable",
+                                           *(f"{tmp_path}/ci/{s}: missing" for s in HOOKS[1:])]
+
+
+def test_the_hooks_pass_shellcheck():
+    shellcheck = require_tool("shellcheck", "lints the hooks (Debian shellcheck)")
+    hooks = [str(ROOT / "workloads" / name / "ci" / step) for name in SHIPPED for step in HOOKS]
+    result = subprocess.run([shellcheck, "--shell=sh", *hooks], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_pipeline_builds_each_workload_as_the_stack_builds_it():
+    from infra.images import PROJECT_BUILDS
+    from mlops.pipeline import build_args
+
+    build = workflow("model-pipeline.yml")["jobs"]["build"]
+    step = next(s for s in build["steps"] if s.get("uses", "").startswith("docker/build-push-action"))
+    assert {k: step["with"][k] for k in ("context", "file", "target")} == {
+        k: f"${{{{ needs.test.outputs.{k} }}}}" for k in ("context", "file", "target")}
+    for name in SHIPPED:
+        context, dockerfile, target = PROJECT_BUILDS[name]
+        assert build_args(name) == {"context": ".", "file": f"workloads/{name}/Dockerfile", "target": target or ""}
+        assert context == ROOT and dockerfile == ROOT / "workloads" / name / "Dockerfile"
+    assert build_args("mnist")["target"] == "train"  # the serve target loads its model from the registry
+    with pytest.raises(KeyError, match="not built from this repository"):
+        build_args("my-model")
+    tests = next(s for s in workflow("model-pipeline.yml")["jobs"]["test"]["steps"] if s.get("name") == "Tests")
+    assert 'tests/workloads/test_"$WORKLOAD"_*.py' in tests["run"]
+
+
+def test_promotion_is_gated_rolled_back_on_a_failed_smoke_and_rollback_is_an_input():
+    pipeline = workflow("model-pipeline.yml")
+    jobs = pipeline["jobs"]
+    champion = "\n".join(s.get("run", "") for s in jobs["champion"]["steps"])
+    assert champion.index('ci/promote"') < champion.index('ci/smoke"') < champion.index('ci/rollback"')
+    rollback = jobs["rollback"]
+    assert rollback["if"] == "inputs.rollback && inputs.stack != ''" and "environment" in rollback
+    assert rollback["concurrency"]["group"] == jobs["champion"]["concurrency"]["group"]
+    assert jobs["test"]["if"] == "${{ !inputs.rollback }}"
+    assert pipeline["on"]["workflow_call"]["inputs"]["rollback"]["type"] == "boolean"
+    for caller in (workflow("models.yml")["jobs"]["pipeline"], load(TEMPLATES[0])["jobs"]["pipeline"]):
+        assert caller["with"]["rollback"] == "${{ github.event_name == 'workflow_dispatch' && inputs.rollback }}"

@@ -86,6 +86,8 @@ class RdsConfig(Model):
         return self
 
 
+# roles and users (with an optional path); EKS access entries take no assumed-role session ARNs
+IAM_PRINCIPAL = re.compile(r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:(role|user)(/[A-Za-z0-9+=,.@_-]+)+")
 CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
                              2922, 3288, 3653)
 
@@ -103,6 +105,12 @@ class AwsConfig(Model):
     private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
     authorized_networks: list[str] = Field(default=[],
                                            description="CIDRs allowed to reach the public endpoint; [] = any")
+    cluster_admins: list[str] = Field(
+        default=[], description="IAM role/user ARNs given cluster admin (AmazonEKSClusterAdminPolicy) beside the "
+                                "creator and the CI infra role (not the identity running `pulumi up`: EKS made "
+                                "its entry already)")
+    cluster_viewers: list[str] = Field(
+        default=[], description="IAM role/user ARNs given read-only access (AmazonEKSAdminViewPolicy, no Secrets)")
     node_pools: EksNodePools
     database: RdsConfig
     registry: str = Field(default="mlops", description="ECR namespace: images are <registry>/<image>")
@@ -149,6 +157,25 @@ class AwsConfig(Model):
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
         return [cidr(c) for c in v]
+
+    @field_validator("cluster_admins", "cluster_viewers")
+    @classmethod
+    def _principals(cls, v: list[str]) -> list[str]:
+        for arn in v:
+            if not IAM_PRINCIPAL.fullmatch(arn):
+                raise ValueError(f"{arn!r}: an IAM role or user ARN is allowed, such as "
+                                 "'arn:aws:iam::123456789012:role/Admin' (for SSO, the role of the permission set; "
+                                 "not an assumed-role session ARN)")
+        if len(set(v)) != len(v):
+            raise ValueError("each ARN at most once is allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _one_access(self) -> AwsConfig:
+        if both := sorted(set(self.cluster_admins) & set(self.cluster_viewers)):
+            raise ValueError(f"{', '.join(both)} in both clusterAdmins and clusterViewers: an IAM principal has one "
+                             "access entry; allowed in one list")
+        return self
 
     @field_validator("name_prefix")
     @classmethod

@@ -22,8 +22,11 @@ class GithubConfig(Model):
     models_environment: str | None = Field(
         default=None, description="GitHub environment gating champion promotion; default models-<stack>")
     aws_oidc_provider_arn: str | None = Field(
-        default=None, description="an existing GitHub OIDC provider of the account (one per account); "
-                                  "unset = the stack creates it")
+        default=None, description="eks: the account's GitHub OIDC provider (one per account); unset = "
+                                  "looked up by its URL, or created with createAwsOidcProvider")
+    create_aws_oidc_provider: bool = Field(
+        default=False, description="eks: create the account's GitHub OIDC provider (only where none exists: "
+                                   "an account has one per issuer URL)")
 
     @field_validator("repository")
     @classmethod
@@ -38,6 +41,22 @@ class GithubConfig(Model):
         if not re.fullmatch(r"refs/(heads|tags)/[A-Za-z0-9._/-]+", v):
             raise ValueError("a full ref such as 'refs/heads/main' is allowed")
         return v
+
+    @field_validator("aws_oidc_provider_arn")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(
+                r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:oidc-provider/token\.actions\.githubusercontent\.com", v):
+            raise ValueError("the ARN of the account's GitHub OIDC provider is allowed: "
+                             "arn:aws:iam::<account>:oidc-provider/token.actions.githubusercontent.com")
+        return v
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> GithubConfig:
+        if self.create_aws_oidc_provider and self.aws_oidc_provider_arn is not None:
+            raise ValueError("createAwsOidcProvider true creates a provider while awsOidcProviderArn names an "
+                             "existing one: allowed one of them")
+        return self
 
 
 class RunnersConfig(Model):

@@ -17,6 +17,17 @@ class TlsConfig(Model):
     cert_manager_version: str = Field(description="cert-manager Helm chart version")
 
 
+class DnsConfig(Model):
+    """Public DNS for the gateway's hosts on gke/eks: A records mlflow./grafana./models.<domain> → the
+    gateway's LoadBalancer address, and Let's Encrypt over DNS-01 (cert-manager writes the TXT records
+    as its own workload identity: Cloud DNS on gke, Route 53 with IRSA on eks; no key anywhere)."""
+
+    zone: str = Field(description="the zone holding gateway.domain: Cloud DNS managed-zone name (gke) or "
+                                  "Route 53 hosted-zone id (eks)")
+    project: str | None = Field(default=None, description="gke: project of the managed zone; default gcp.project")
+    ttl: int = Field(default=300, ge=30, le=86400, description="seconds resolvers cache the records")
+
+
 class GatewayConfig(Model):
     """Istio ingress gateway: one entry point for models, MLflow and Grafana."""
 
@@ -29,3 +40,5 @@ class GatewayConfig(Model):
     istiod_resources: Resources
     gateway_resources: Resources
     tls: TlsConfig
+    dns: DnsConfig | None = Field(default=None, description="DNS records and DNS-01 certificates (gke/eks); "
+                                                            "unset: records are yours, HTTP-01 for letsencrypt")

@@ -77,15 +77,25 @@ class GcpNetwork(Model):
     subnet_cidr: str = Field(default="10.10.0.0/20", description="nodes (and internal load balancers)")
     pods_cidr: str = Field(default="10.16.0.0/14", description="secondary range for Pods")
     services_cidr: str = Field(default="10.20.0.0/20", description="secondary range for Services")
+    master_cidr: str = Field(default="172.16.0.0/28", description="/28 of the control plane's private "
+                             "endpoint; the webhook firewall rule admits it to the nodes")
 
     @field_validator("*")
     @classmethod
     def _private(cls, v: str) -> str:
         return private_cidr(v)
 
+    @field_validator("master_cidr")
+    @classmethod
+    def _master(cls, v: str) -> str:
+        if ipaddress.ip_network(v).prefixlen != 28:
+            raise ValueError("a /28 range (GKE's control-plane block) is allowed")
+        return v
+
     @model_validator(mode="after")
     def _disjoint(self) -> GcpNetwork:
-        ranges = {"subnetCidr": self.subnet_cidr, "podsCidr": self.pods_cidr, "servicesCidr": self.services_cidr}
+        ranges = {"subnetCidr": self.subnet_cidr, "podsCidr": self.pods_cidr, "servicesCidr": self.services_cidr,
+                  "masterCidr": self.master_cidr}
         names = list(ranges)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
@@ -104,7 +114,8 @@ class GcpConfig(Model):
     autopilot: bool = Field(default=False, description="GKE Autopilot (regional only; node pools are Google's)")
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = Field(description="GKE release channel")
     private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
-    authorized_networks: list[str] = Field(default=[], description="CIDRs allowed to reach the control plane; [] = any")
+    authorized_networks: list[str] = Field(default=[], description="CIDRs allowed to reach the control plane; "
+                                           "[] = any (refused on prod unless privateEndpoint)")
     network: GcpNetwork = GcpNetwork()
     node_pools: GkeNodePools
     database: CloudSqlConfig

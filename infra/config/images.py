@@ -32,8 +32,10 @@ class ImagesConfig(BaseModel):
     username: str | None = Field(default=None, description="registry user the build pushes as; unset = "
                                                            "the builder's own docker credentials")
     password: SecretStr | None = Field(default=None, description="secret; password or token of `username`")
-    platforms: list[Literal["linux/amd64", "linux/arm64"]] = Field(
-        default=["linux/amd64"], min_length=1, description="architectures to build for: every node's")
+    platforms: list[Literal["linux/amd64", "linux/arm64"]] | None = Field(
+        default=None, min_length=1,
+        description="architectures to build for: every node's; unset = the node pools' on gke/eks (arm64 for "
+                    "Graviton and Tau T2A/Axion pools, both when mixed), linux/amd64 elsewhere")
 
     @field_validator("registry")
     @classmethod

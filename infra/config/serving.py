@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,10 +22,17 @@ class SeldonConfig(Model):
     executor_resources: Resources
 
 
-class ModelSourceConfig(Model):
-    """Exactly one of: `uri` (a registry version's artifacts, served by a prepackaged runtime) or
-    `image` (a custom model server image)."""
+ALIAS = r"^[\w-]+$"  # MLflow's alias rule (mlflow.utils.validation); "latest" and v<N> are reserved
 
+
+class ModelSourceConfig(Model):
+    """Exactly one of: `alias` (+ `model`: the registry version an alias points at, followed as it
+    moves), `uri` (one version's artifacts, pinned) or `image` (a custom model server image)."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[^/:]+$",
+                              description="registered model name (with alias); a candidate inherits the source's")
+    alias: str | None = Field(default=None, pattern=ALIAS, max_length=255,
+                               description="registry alias to serve, e.g. champion")
     uri: str | None = Field(default=None, description="s3://, gs:// or https:// artifact URI of a model version")
     runtime: Literal["mlflow"] = Field(default="mlflow", description="registry models run on the project's "
                                        "MLServer image with its MLflow runtime")
@@ -40,10 +48,29 @@ class ModelSourceConfig(Model):
                              "'mlflow' (the default), which loads any MLflow model flavour")
         return v
 
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str | None) -> str | None:
+        if v is not None and (v.lower() == "latest" or re.fullmatch(r"[vV]\d+", v)):
+            raise ValueError(f"alias {v!r} is reserved by MLflow ('latest', v<N>); use e.g. champion or challenger")
+        return v
+
+    @property
+    def kind(self) -> str | None:
+        kinds = [k for k, v in (("alias", self.alias), ("uri", self.uri), ("image", self.image)) if v is not None]
+        return kinds[0] if len(kinds) == 1 else None
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSourceConfig:
-        if (self.uri is None) == (self.image is None):
-            raise ValueError("exactly one of uri (registry model) or image (custom server) is allowed")
+        if self.model is not None and self.alias is None and self.uri is None and self.image is None:
+            raise ValueError(f"model {self.model!r} is given without alias: add alias (e.g. champion)")
+        if self.kind is None:
+            raise ValueError("exactly one of alias (+ model: follow a registry alias), uri (one version's "
+                             "artifacts) or image (custom server) is allowed")
+        if self.alias is not None and self.model is None:
+            raise ValueError(f"alias {self.alias!r} needs model: the registered model name (e.g. model: NEOs)")
+        if self.model is not None and self.alias is None:
+            raise ValueError(f"model {self.model!r} goes with alias only (uri and image name no registered model)")
         if self.uri is not None and not self.uri.startswith(("s3://", "gs://", "https://")):
             raise ValueError(f"uri {self.uri!r}: an s3://, gs:// or https:// URI is allowed "
                              "(resolve models:/name@alias to its artifact URI first)")
@@ -63,6 +90,9 @@ class ModelAutoscalingConfig(Model):
 
 
 class ServedModelConfig(Model):
+    """One served model. `source.model` + `source.alias` is the normal case; a candidate
+    `{alias: challenger}` serves another alias of the same registered model."""
+
     source: ModelSourceConfig
     replicas: int = Field(default=1, ge=1, le=100)
     resources: Resources = Resources(cpu="100m", memory="256Mi", memory_limit="1Gi")
@@ -71,12 +101,44 @@ class ServedModelConfig(Model):
     candidate_mode: Literal["shadow", "canary"] = "shadow"
     canary_percent: int = Field(default=10, ge=1, le=99)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _candidate_inherits_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        source, candidate = data.get("source"), data.get("candidate")
+        if isinstance(candidate, dict) and candidate.get("alias") is not None and candidate.get("model") is None:
+            if not (isinstance(source, dict) and source.get("model")):
+                raise ValueError("candidate.alias needs a registered model: give candidate.model, or serve the "
+                                 "source by alias too (source: {model: …, alias: …})")
+            data = {**data, "candidate": {**candidate, "model": source["model"]}}
+        return data
+
+    @property
+    def aliases(self) -> list[ModelSourceConfig]:
+        return [s for s in (self.source, self.candidate) if s is not None and s.alias is not None]
+
+
+class RegistryServingConfig(Model):
+    poll_seconds: int = Field(default=30, ge=5, le=3600, description="how often alias models look their alias "
+                              "up; a moved alias is served within this time (plus the new version's load)")
+
 
 class ServingConfig(Model):
     engine: Literal["seldon"] = Field(description="serving engine behind modules/serving/contract.py")
     seldon: SeldonConfig
     models: dict[str, ServedModelConfig] = Field(
         default_factory=dict, description="models to serve, by name (a DNS label)")
+    registry: RegistryServingConfig = RegistryServingConfig()
+
+    @model_validator(mode="after")
+    def _alias_runtime(self) -> ServingConfig:
+        aliased = [name for name, model in self.models.items() if model.aliases]
+        if aliased and not self.seldon.mlflow_runtime.startswith("mlops_mlserver."):
+            raise ValueError(f"models {aliased} are served by alias, which needs the project's MLServer image and "
+                             f"runtime; serving.seldon.mlflowRuntime is {self.seldon.mlflow_runtime!r}: use "
+                             "mlops_mlserver.MLflowRuntime (and the image from modules/serving/mlserver-image)")
+        return self
 
     @field_validator("models")
     @classmethod

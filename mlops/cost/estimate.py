@@ -137,7 +137,8 @@ def _shared_lines(est: Estimate, needs: Needs, usage: Usage, p: PriceFile, keys:
     est.add("internet egress", "data out", "network", max(usage.network.internet_egress_gib - egress.free, 0), "GiB",
             egress.price, "network.egress.internet")
     registry = p["registry.storage"]
-    est.add("container registry", "images stored", "registry", max(usage.registry.stored_gib - registry.free, 0),
+    est.add("container registry", f"{needs.registry_gib:g} GiB of images", "registry",
+            max(needs.registry_gib - registry.free, 0),
             "GiB-month", registry.price, "registry.storage")
 
 
@@ -151,6 +152,24 @@ def _discount(est: Estimate, usage: Usage) -> None:
                     -share * base)
 
 
+AUTOPILOT_VCPU_PER_NODE = 4  # assumed node size behind Cloud NAT; Autopilot picks the real ones
+
+
+def _autopilot_lines(est: Estimate, needs: Needs, hours: float, p: PriceFile) -> float:
+    """Pod vCPU and memory lines of an Autopilot stack; returns the VMs assumed behind Cloud NAT."""
+    assert needs.autopilot is not None
+    vcpu, memory = needs.autopilot
+    est.add("Autopilot pods", f"{vcpu:g} vCPU requested (rounded as billed)", "compute", vcpu * hours, "vCPU-hour",
+            p["gke.autopilot.vcpu"].price, "gke.autopilot.vcpu")
+    est.add("Autopilot pods", f"{memory:g} GiB requested (rounded as billed)", "compute", memory * hours,
+            "GiB-hour", p["gke.autopilot.memory"].price, "gke.autopilot.memory")
+    est.vcpu += vcpu
+    est.memory_gib += memory
+    est.notes.append(f"Autopilot: nodes behind Cloud NAT assumed {AUTOPILOT_VCPU_PER_NODE} vCPU each; "
+                     "ephemeral storage and batch pods are not priced")
+    return max(1, math.ceil(vcpu / AUTOPILOT_VCPU_PER_NODE))
+
+
 def price_gke(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimate:
     p = p or price_file("gke")
     hours = _hours(usage)
@@ -160,7 +179,8 @@ def price_gke(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
     def shape(machine: str) -> tuple[float, float]:
         return gce_shape(machine)[1:]
 
-    pools = _pools_on("gke", needs, shape)
+    pools = () if needs.autopilot and needs.platform == "gke" else _pools_on("gke", needs, shape)
+    vms = _autopilot_lines(est, needs, hours, p) if not pools else 0
     for pool in pools:
         family, vcpu, memory = gce_shape(pool.machine)
         node_hour = vcpu * p[f"compute.{family}.vcpu"].price + memory * p[f"compute.{family}.memory"].price
@@ -189,7 +209,7 @@ def price_gke(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
     est.add("Cloud SQL backups", f"{backup_gib:g} GiB" if db.backups else "off", "database",
             backup_gib if db.backups else 0, "GiB-month", p["sql.backup"].price, "sql.backup")
     _shared_lines(est, needs, usage, p, {"stored": "gcs.standard", "writes": "gcs.class-a", "reads": "gcs.class-b"})
-    vms = sum(pool.nodes for pool in pools)
+    vms += sum(pool.nodes for pool in pools)
     if vms <= 32:
         est.add("Cloud NAT", f"{vms:g} VMs behind the gateway", "network", vms * hours, "VM-hour",
                 p["nat.vm"].price, "nat.vm")
@@ -251,14 +271,19 @@ def price_eks(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
             p["nat.gateway"].price, "nat.gateway")
     est.add("NAT gateways", "public IPv4 addresses", "network", gateways * hours, "address-hour",
             p["ipv4.public"].price, "ipv4.public")
-    est.add("NAT gateways", "data processed", "network", usage.network.nat_processed_gib, "GiB", p["nat.data"].price,
-            "nat.data")
+    est.add("NAT gateways", "data processed (S3 and ECR layers bypass NAT)", "network",
+            usage.network.nat_processed_gib, "GiB", p["nat.data"].price, "nat.data")
+    est.add("VPC endpoint", "S3 gateway endpoint", "network", hours, "endpoint-hour",
+            p["vpc.endpoint.gateway"].price, "vpc.endpoint.gateway")
     if needs.load_balancers:
         est.add("load balancer (gateway)", "Network Load Balancer", "network", needs.load_balancers * hours,
                 "LB-hour", p["lb.nlb"].price, "lb.nlb")
         # TCP: one NLCU carries 1 GB processed per hour, the dimension a gateway's traffic hits first
         est.add("load balancer (gateway)", "NLCUs for data processed", "network", usage.network.load_balancer_gib,
                 "NLCU-hour", p["lb.nlb.lcu"].price, "lb.nlb.lcu")
+    if needs.gateway_addresses:  # gateway.dns: the records point at Elastic IPs the NLB takes
+        est.add("load balancer (gateway)", f"{needs.gateway_addresses} Elastic IP(s) for DNS records", "network",
+                needs.gateway_addresses * hours, "address-hour", p["ipv4.public"].price, "ipv4.public")
     if needs.monitoring_gib:
         est.add("monitoring storage", f"Prometheus volume {needs.monitoring_gib} GiB", "observability",
                 needs.monitoring_gib, "GiB-month", p["ebs.gp3"].price, "ebs.gp3")

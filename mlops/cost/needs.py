@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, replace
 
 from infra.config import StackConfig, cpu_millicores, memory_mib
+from infra.images import registry_gib
 from infra.settings import GCP_ZONES
 from mlops.cost.prices import PricingError, price_file
 from mlops.cost.usage import Usage
@@ -61,6 +62,9 @@ class Needs:
     monitoring_gib: int
     load_balancers: int
     nat_gateways: int | None = None  # EKS: as configured
+    gateway_addresses: int = 0  # EKS with gateway.dns: the NLB's Elastic IPs (one per zone)
+    registry_gib: float = 0.0  # images kept in the registry (the stack's own builds, or the usage file's)
+    autopilot: tuple[float, float] | None = None  # GKE Autopilot: billed pod vCPU, GiB (no pools of ours)
     log_retention_days: int = 30
 
     @property
@@ -96,21 +100,43 @@ def cloud_sql_shape(tier: str) -> tuple[float, float]:
     return int(m[1]), int(m[2]) / 1024
 
 
+def _registry_gib(config: StackConfig, usage: Usage) -> float:
+    return usage.registry.stored_gib if usage.registry.stored_gib is not None else registry_gib(config)
+
+
 def _pool_nodes(configured_min: int, zones: int, usage_nodes: float | None) -> float:
     return usage_nodes if usage_nodes is not None else configured_min * zones
 
 
-def _cloud_needs(stack: str, config: StackConfig, usage: Usage) -> Needs:
+def _autopilot_needs(stack: str, config: StackConfig, requests: dict | None, utilisation: float,
+                     common: dict) -> Needs:
+    """Autopilot bills the pods' (rounded) requests; other targets get them as capacity to map."""
+    gcp = config.gcp
+    if requests is None:
+        raise PricingError("gcp.autopilot: Autopilot bills Pod requests: the plan's billed requests are needed")
+    vcpu, memory = requests["cpu_m"] / 1000, requests["memory_mib"] / 1024
+    backups = config.database.backup.enabled
+    db_vcpu, db_memory = cloud_sql_shape(gcp.database.tier)
+    database = Database(db_vcpu, db_memory, gcp.database.storage_gi, gcp.database.high_availability, backups,
+                        gcp.database.tier)
+    zones = len(GCP_ZONES.get(gcp.region, "bcd"))  # Autopilot clusters are regional
+    pool = Pool("workload", 1.0, vcpu / utilisation, memory / utilisation)
+    return Needs(stack, "gke", config.environment, True, zones, (pool,), database, autopilot=(vcpu, memory),
+                 **common)
+
+
+def _cloud_needs(stack: str, config: StackConfig, usage: Usage, requests: dict | None = None,
+                 utilisation: float = 0.6) -> Needs:
     common = {"object_gib": usage.object_storage.stored_gib if usage.object_storage.stored_gib is not None
               else config.object_store.storage_gi,
               "monitoring_gib": config.monitoring.storage_gi or 0,
-              "load_balancers": int(config.gateway.service_type == "LoadBalancer")}
+              "load_balancers": int(config.gateway.service_type == "LoadBalancer"),
+              "registry_gib": _registry_gib(config, usage)}
     backups = config.database.backup.enabled
     if config.platform == "gke":
         gcp = config.gcp
         if gcp.autopilot:
-            raise PricingError("gcp.autopilot: Autopilot bills Pod requests, which this estimate does not model; "
-                               "price the Standard equivalent by setting autopilot: false in a copy of the stack")
+            return _autopilot_needs(stack, config, requests, utilisation, common)
         zones = len(GCP_ZONES.get(gcp.region, "bcd")) if gcp.regional else 1
         pools = []
         for name, pool in (("system", gcp.node_pools.system), ("workload", gcp.node_pools.workload)):
@@ -135,6 +161,7 @@ def _cloud_needs(stack: str, config: StackConfig, usage: Usage) -> Needs:
     nat = 1 if aws.nat_gateways == "single" else zones
     ha = aws.nat_gateways == "perZone" or aws.database.high_availability  # EKS always spans 2+ zones
     return Needs(stack, "eks", config.environment, ha, zones, tuple(pools), database, nat_gateways=nat,
+                 gateway_addresses=zones if config.gateway.dns is not None else 0,
                  log_retention_days=aws.log_retention_days, **common)
 
 
@@ -154,14 +181,15 @@ def _in_cluster_needs(stack: str, config: StackConfig, usage: Usage, requests: d
                  object_gib=usage.object_storage.stored_gib if usage.object_storage.stored_gib is not None
                  else config.object_store.storage_gi,
                  monitoring_gib=config.monitoring.storage_gi or 0,
-                 load_balancers=int(config.gateway.service_type == "LoadBalancer"))
+                 load_balancers=int(config.gateway.service_type == "LoadBalancer"),
+                 registry_gib=_registry_gib(config, usage))
 
 
 def needs_of(stack: str, config: StackConfig, usage: Usage, requests: dict | None = None,
              utilisation: float = 0.6) -> Needs:
     """The stack's needs; `requests` (the plan summary's) is required for in-cluster platforms."""
     if config.platform in ("gke", "eks"):
-        return _cloud_needs(stack, config, usage)
+        return _cloud_needs(stack, config, usage, requests, utilisation)
     if requests is None:
         raise ValueError(f"platform {config.platform}: the plan's requests are needed to size compute")
     return _in_cluster_needs(stack, config, usage, requests, utilisation)

@@ -129,7 +129,7 @@ def price_onprem(needs: Needs, usage: Usage, tco: Tco, utilisation: float | None
     est.add("network", f"{racks} rack(s) of switching, capex over {s.life_years:g} years", "hardware", racks,
             "rack-month", tco.rack.network_capex / months, "rack.networkCapex")
     copies = 2 if needs.database.ha else 1
-    stored = needs.database.storage_gib * copies + needs.object_gib + needs.monitoring_gib + usage.registry.stored_gib
+    stored = needs.database.storage_gib * copies + needs.object_gib + needs.monitoring_gib + needs.registry_gib
     raw_tib = stored / 1024 * tco.storage.replication
     est.add("storage", f"{stored:g} GiB usable × {tco.storage.replication:g} replicas, capex over "
             f"{s.life_years:g} years", "storage", raw_tib, "TiB-month", tco.storage.capex_per_tib / months,

@@ -73,6 +73,10 @@ def build_report(stack: str, compare: list[Target] | None = None, usage_path: Pa
     own = OWN_TARGET[config.platform]
     if own == "onprem" and requests is None:
         requests = plan_requests(stack, stacks_dir)
+    if config.gcp is not None and config.gcp.autopilot and requests is None:
+        from mlops.cost.autopilot import plan_billed_requests
+
+        requests = plan_billed_requests(stack, stacks_dir)
     needs = needs_of(stack, config, usage, requests, tco.sizing.target_utilisation)
     targets = [own, *[t for t in (compare or []) if t != own]]
     estimates = [pricer(t, usage, tco)(needs) for t in targets]
@@ -104,7 +108,7 @@ def _needs_assumptions(needs: Needs) -> list[tuple[str, Any]]:
     rows.append(("needs.database", f"{db.vcpu:g} vCPU / {db.memory_gib:g} GiB, {db.storage_gib} GiB storage, "
                                    f"HA {db.ha}, backups {db.backups}"))
     rows += [("needs.objectGib", needs.object_gib), ("needs.monitoringGib", needs.monitoring_gib),
-             ("needs.loadBalancers", needs.load_balancers)]
+             ("needs.loadBalancers", needs.load_balancers), ("needs.registryGib", needs.registry_gib)]
     return rows
 
 

@@ -48,7 +48,7 @@ class NetworkUsage(_Model):
 
 
 class RegistryUsage(_Model):
-    stored_gib: float = Field(ge=0)
+    stored_gib: float | None = Field(default=None, ge=0)  # None: the stack's images (infra/images.py registry_gib)
 
 
 class LogsUsage(_Model):

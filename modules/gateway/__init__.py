@@ -21,6 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from modules import kube
+from modules.platform.contract import PublicDns
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
@@ -95,6 +96,7 @@ class IstioGatewayArgs:
     gateway_replicas: int
     tls: Tls | None = None
     service_annotations: Mapping[str, str] = field(default_factory=dict)  # the cloud's load balancer type
+    dns: PublicDns | None = None  # records + DNS-01 in the cloud's zone (gateway.dns); None: HTTP-01
 
 
 def _gateway_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,9 +109,10 @@ def _gateway_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
     return {"requests": dict(resources["requests"]), "limits": dict(resources["limits"])}
 
 
-def _service(service_type: ServiceType, annotations: Mapping[str, str]) -> dict[str, Any]:
+def _service(service_type: ServiceType, annotations: Mapping[str, str],
+             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The chart's Service; as a NodePort on the fixed ports the exported URLs name."""
-    service: dict[str, Any] = {"type": service_type, "annotations": dict(annotations)}
+    service: dict[str, Any] = {"type": service_type, "annotations": dict(annotations), **(extra or {})}
     if service_type == "NodePort":  # a list in values replaces the chart's whole list
         service["ports"] = [
             {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
@@ -161,7 +164,8 @@ class IstioGateway(pulumi.ComponentResource):
             "replicaCount": args.gateway_replicas,
             "autoscaling": {"enabled": False},
             "resources": _gateway_resources(args.gateway_resources),
-            "service": _service(args.service_type, args.service_annotations),
+            "service": _service(args.service_type, args.service_annotations,
+                                args.dns.service_values if args.dns else None),
             "labels": {"istio": "ingressgateway"},
         }, [istiod])
         self.ready = self.release = ingress
@@ -236,12 +240,12 @@ class IstioGateway(pulumi.ComponentResource):
             repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=CERT_MANAGER_REPO),
             atomic=True, timeout=600,
             values={"crds": {"enabled": True}, "resources": r,
-                    "webhook": {"resources": r}, "cainjector": {"resources": r}},
+                    "webhook": {"resources": r}, "cainjector": {"resources": r}, **_dns01_values(args.dns)},
             opts=kube.child(self),
         )
         issuer = k8s.apiextensions.CustomResource(
             f"{name}-issuer", api_version="cert-manager.io/v1", kind="Issuer",
-            metadata=kube.metadata(ISSUER_NAME, ns, "gateway"), spec=issuer_spec(tls),
+            metadata=kube.metadata(ISSUER_NAME, ns, "gateway"), spec=issuer_spec(tls, args.dns),
             opts=kube.child(self, depends_on=[cert_manager]),
         )
         certificate = k8s.apiextensions.CustomResource(
@@ -271,17 +275,30 @@ class IstioGateway(pulumi.ComponentResource):
         )
 
 
-def issuer_spec(tls: Tls) -> dict[str, Any]:
-    """Self-signed, or Let's Encrypt over HTTP-01 through the gateway: cert-manager's solver makes
-    an Ingress annotated with Istio's ingress class, which istiod serves on the gateway's port 80
-    (the names must resolve to the gateway, and port 80 must reach it from the internet)."""
+def _dns01_values(dns: PublicDns | None) -> dict[str, Any]:
+    """cert-manager's service account carries the cloud identity DNS-01 writes records as; a
+    namespaced Issuer may use such ambient credentials only with --issuer-ambient-credentials
+    (cert-manager v1.20 controller flag, default false; ClusterIssuers may by default)."""
+    if dns is None:
+        return {}
+    return {"serviceAccount": {"annotations": dict(dns.cert_manager_annotations)},
+            "extraArgs": ["--issuer-ambient-credentials"]}
+
+
+def issuer_spec(tls: Tls, dns: PublicDns | None = None) -> dict[str, Any]:
+    """Self-signed, or Let's Encrypt: over DNS-01 in the stack's zone when gateway.dns is set,
+    otherwise over HTTP-01 through the gateway: cert-manager's solver makes an Ingress annotated
+    with Istio's ingress class, which istiod serves on the gateway's port 80 (the names must
+    resolve to the gateway, and port 80 must reach it from the internet)."""
     if tls.issuer == "selfsigned":
         return {"selfSigned": {}}
+    solver = {"dns01": dict(dns.solver)} if dns is not None else {
+        "http01": {"ingress": {"class": ISTIO_INGRESS_CLASS, "serviceType": "ClusterIP"}}}
     return {"acme": {
         "server": LETSENCRYPT,
         "email": tls.email,
         "privateKeySecretRef": {"name": "letsencrypt-account-key"},
-        "solvers": [{"http01": {"ingress": {"class": ISTIO_INGRESS_CLASS, "serviceType": "ClusterIP"}}}],
+        "solvers": [solver],
     }}
 
 

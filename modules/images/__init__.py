@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
@@ -48,6 +48,8 @@ class PlatformImagesArgs:
     builds: Mapping[str, ImageBuild]  # image name → how to build it
     platforms: Sequence[str] = ("linux/amd64",)  # every node architecture the images run on
     auth: RegistryAuth | None = None  # None: the builder's own credentials (or an open registry)
+    # image name → what must exist before its push (a registry that creates no repository on push)
+    push_after: Mapping[str, pulumi.Resource] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ class PlatformImages(pulumi.ComponentResource):
                 tags=[pulumi.Output.concat(repository, ":", tag)],
                 push=True,
                 registries=registries,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[args.push_after[image]]
+                                            if image in args.push_after else []),
             )
             self.images[image] = ImageRef(repository, pulumi.Output.concat(tag, "@", built.digest))
         self.register_outputs({name: ref.ref for name, ref in self.images.items()})

@@ -41,6 +41,7 @@ class MlflowArgs:
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     client: str = "mlflow"  # name of this client's credentials in `artifacts.credentials`
     external_hosts: tuple[str, ...] = ()  # names it is reached by through the gateway
+    placement: Mapping[str, Any] = field(default_factory=dict)  # Placement.pod_spec(): which nodes
 
 
 def _postgres_uri(db: Database, database: str) -> pulumi.Output[str]:
@@ -143,6 +144,7 @@ class Mlflow(pulumi.ComponentResource):
                         "service_account_name": account.metadata.name,
                         "automount_service_account_token": False,
                         "security_context": kube.pod_security(UID),
+                        **args.placement,
                         "containers": [
                             {
                                 "name": "db-upgrade",
@@ -239,8 +241,11 @@ class Mlflow(pulumi.ComponentResource):
              env: list[dict[str, Any]]) -> dict[str, Any]:
         pod: dict[str, Any] = {
             "service_account_name": account,
-            "automount_service_account_token": False,  # MLflow never calls the Kubernetes API
+            # MLflow never calls the Kubernetes API; workload identity needs no mounted token either
+            # (tests/test_gke_workload_identity.py)
+            "automount_service_account_token": False,
             "security_context": kube.pod_security(UID),
+            **args.placement,
             "containers": [
                 {
                     "name": "mlflow",

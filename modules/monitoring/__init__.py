@@ -56,6 +56,10 @@ class MonitoringArgs:
     targets: Sequence[ScrapeTarget] = ()
     model_namespaces: Sequence[pulumi.Input[str]] = field(default_factory=list)
     runbook_base_url: str | None = None  # prefixes the rules' relative `docs/runbooks.md#…` links
+    # node-exporter (host PID/network/paths) and the kube-system Services behind the kubelet and
+    # CoreDNS monitors; off where the cluster refuses both (GKE Autopilot)
+    node_level: bool = True
+    placement: Mapping[str, Any] = field(default_factory=dict)  # Placement.pod_spec() of every pod
 
 
 def rule_groups(path: Path, runbook_base_url: str | None) -> list[dict[str, Any]]:
@@ -178,18 +182,37 @@ class Monitoring(pulumi.ComponentResource):
         if args.grafana_url is not None:  # Grafana's default root_url is http://<domain>:3000/
             grafana["grafana.ini"] = {"server": {"domain": urlsplit(args.grafana_url).hostname,
                                                  "root_url": f"{args.grafana_url}/"}}
-        return {
+        place = dict(args.placement)
+        values: dict[str, Any] = {
             "fullnameOverride": "kps",
             # control-plane components are not scrapeable on minikube or managed clusters
             "kubeEtcd": {"enabled": False},
             "kubeControllerManager": {"enabled": False},
             "kubeScheduler": {"enabled": False},
             "kubeProxy": {"enabled": False},
-            "prometheus": {"prometheusSpec": prometheus_spec},
-            "alertmanager": {"alertmanagerSpec": alertmanager_spec},
-            "grafana": grafana,
-            "prometheusOperator": {"resources": r["operator"],
-                                   "admissionWebhooks": {"patch": {"resources": r["small"]}}},
-            "kube-state-metrics": {"resources": r["kube_state_metrics"]},
+            "prometheus": {"prometheusSpec": prometheus_spec | place},
+            "alertmanager": {"alertmanagerSpec": alertmanager_spec | place},
+            "grafana": grafana | place,
+            "prometheusOperator": {"resources": r["operator"], **place,
+                                   "admissionWebhooks": {"patch": {"resources": r["small"], **place}}},
+            "kube-state-metrics": {"resources": r["kube_state_metrics"], **place},
+            # a DaemonSet on every node: the chart's own toleration (any NoSchedule taint) is kept
             "prometheus-node-exporter": {"resources": r["node_exporter"]},
         }
+        if not args.node_level:
+            values |= NO_NODE_LEVEL
+            values["prometheusOperator"]["kubeletService"] = {"enabled": False}  # lives in kube-system
+        return values
+
+
+# What GKE Autopilot refuses (kube-prometheus-stack 83.6.0 keys): node-exporter's host PID, network
+# and paths, and objects in the managed kube-system namespace — the CoreDNS Service and the kubelet
+# Service the operator maintains there. Without the kubelet job its absent() alert would fire forever.
+NO_NODE_LEVEL: dict[str, Any] = {
+    "nodeExporter": {"enabled": False},
+    "kubelet": {"enabled": False},
+    "coreDns": {"enabled": False},
+    "kubeDns": {"enabled": False},
+    "defaultRules": {"rules": {"nodeExporterAlerting": False, "nodeExporterRecording": False, "node": False},
+                     "disabled": {"KubeletDown": True}},
+}

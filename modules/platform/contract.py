@@ -9,12 +9,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from modules.ci.github import CiIdentities, GithubOidc
+from modules.images import RegistryAuth
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,52 @@ class ObjectStore:
         return pulumi.Output.concat(f"{self.scheme}://", self.buckets[purpose])
 
 
+PoolRole = Literal["system", "workload"]
+POOL_LABEL = "mlops-stack/pool"  # node label on both pools of a cloud cluster: "system" | "workload"
+# Only the workload pool is tainted: GKE's and EKS's own pods (kube-dns, CoreDNS, metrics-server…)
+# and every platform pod stay on the system pool without tolerations, and the (spot, scale-to-0)
+# workload pool runs only pods that ask for it — model servers and workload Jobs.
+WORKLOAD_TAINT = {"key": POOL_LABEL, "value": "workload", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a role's pods run, as Kubernetes pod-spec values (empty: anywhere)."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: Sequence[Mapping[str, str]] = ()
+
+    def pod_spec(self) -> dict[str, object]:
+        """`nodeSelector`/`tolerations` to merge into a pod spec (or a chart's values), only if set."""
+        return {**({"nodeSelector": dict(self.node_selector)} if self.node_selector else {}),
+                **({"tolerations": [dict(t) for t in self.tolerations]} if self.tolerations else {})}
+
+
+def pool_placement(role: PoolRole) -> Placement:
+    """Placement on a cloud cluster whose node pools carry POOL_LABEL and the workload one WORKLOAD_TAINT."""
+    return Placement({POOL_LABEL: role}, [{**WORKLOAD_TAINT, "operator": "Equal"}] if role == "workload" else [])
+
+
+@dataclass(frozen=True)
+class ImageRegistry:
+    """The registry a platform creates, as the image build needs it: where images go, how to log in,
+    and what must exist before a push (ECR creates no repository on push: one per image)."""
+
+    url: pulumi.Input[str]  # "<host>/<path>": images are <url>/<name>
+    auth: RegistryAuth | None = None  # None: the builder's own docker credentials
+    repositories: Mapping[str, pulumi.Resource] = field(default_factory=dict)  # image name → its repository
+
+
+@dataclass(frozen=True)
+class PublicDns:
+    """DNS records for the gateway's hosts in the stack's zone, and Let's Encrypt DNS-01 through
+    cert-manager's own workload identity (no key): what a cloud hands to the gateway."""
+
+    solver: Mapping[str, Any]  # the ACME solver's `dns01` block (cloudDNS / route53), ambient credentials
+    cert_manager_annotations: Mapping[str, pulumi.Input[str]]  # on cert-manager's service account
+    service_values: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # gateway chart `service`
+
+
 @dataclass(frozen=True)
 class BucketAccess:
     """A client (one Kubernetes service account) and the buckets it may read/write."""
@@ -106,6 +153,19 @@ class Platform(abc.ABC):
         """Cloud identities GitHub Actions jobs of `github.repository` assume without keys."""
         raise NotImplementedError(f"{type(self).__name__} has no cloud identities; use in-cluster runners")
 
+    def ci_values(self, values: pulumi.Input[str]) -> pulumi.Output[str]:
+        """Keeps `values` (secret JSON the CI model pipeline reads) in the cloud's secret manager, readable
+        by the `models` identity alone; returns the reference the pipeline reads it by. After ci_identities()."""
+        raise NotImplementedError(f"{type(self).__name__} has no cloud secret manager")
+
+    def placement(self, role: PoolRole) -> Placement:
+        """Where pods of `role` run: platform services on "system", model servers and Jobs on "workload"."""
+        return Placement()
+
+    def public_dns(self, zone: str, project: str | None, hosts: Sequence[str], ttl: int) -> PublicDns:
+        """Records for `hosts` → the gateway, in `zone`, and a DNS-01 solver writing to it."""
+        raise NotImplementedError(f"{type(self).__name__} manages no DNS zone: unset gateway.dns")
+
     @property
     def gateway_service_annotations(self) -> Mapping[str, str]:
         """Annotations for the gateway's LoadBalancer Service (which load balancer the cloud makes)."""
@@ -120,4 +180,9 @@ class Platform(abc.ABC):
     @property
     def registry_url(self) -> pulumi.Input[str] | None:
         """Where CI pushes model images; None where images are loaded into the cluster directly."""
+        return None
+
+    @property
+    def registry(self) -> ImageRegistry | None:
+        """The registry this platform creates, with push credentials; None where it creates none."""
         return None

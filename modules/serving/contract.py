@@ -1,6 +1,13 @@
 """The serving layer's interface: workloads ask for "this model, served like this" and never name
 the engine. Seldon Core v1 implements it today (`seldon.py`); KServe can implement it later
 without touching a workload.
+
+Every engine implements the three source kinds. `RegistryAlias` is the normal one and carries a
+behaviour, not just a location (docs/decisions/0006-serve-by-alias.md): the pods resolve the alias
+against MLflow with a read-only identity, download through MLflow's proxied artifacts (no bucket
+credentials in the serving namespace), follow the alias without a redeploy, keep serving the old
+version when a new one fails to load, and report the served version (V2 metadata, response
+`model_version`, `mlops_model_version_info`, `mlops_model_load_failures_total`).
 """
 
 from __future__ import annotations
@@ -8,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 
@@ -28,6 +35,25 @@ class RegistryModel:
 
 
 @dataclass(frozen=True)
+class RegistryAlias:
+    """The version a registry alias points at (`models:/<model>@<alias>`), followed as it moves."""
+
+    model: str  # registered model name, e.g. "NEOs"
+    alias: str  # e.g. "champion", "challenger"
+    runtime: Runtime = "mlflow"
+    poll_seconds: int = 30  # how often the serving pods look the alias up
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    """How model servers reach the registry: the in-cluster tracking URL and a Secret (keys
+    `username`, `password`) of an MLflow user with READ permission, in the serving namespace."""
+
+    tracking_uri: pulumi.Input[str]
+    credentials_secret: pulumi.Input[str]
+
+
+@dataclass(frozen=True)
 class CustomImage:
     """A model server image (e.g. a Seldon Python wrapper class) built by the model pipeline."""
 
@@ -36,7 +62,7 @@ class CustomImage:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-ModelSource = RegistryModel | CustomImage
+ModelSource = RegistryModel | RegistryAlias | CustomImage
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,14 @@ class ModelDeploymentArgs:
     canary_percent: int = 10
     service_account: str | None = None  # its workload identity reads the model bucket (clouds)
     storage_secret: pulumi.Input[str] | None = None  # storage-initializer credentials (in-cluster S3)
+    registry: RegistryAccess | None = None  # required when a source is a RegistryAlias
+    placement: Mapping[str, Any] = field(default_factory=dict)  # Placement.pod_spec(): the workload pool
+
+    def __post_init__(self) -> None:
+        aliased = [s for s in (self.source, self.candidate) if isinstance(s, RegistryAlias)]
+        if aliased and self.registry is None:
+            raise ValueError(f"models:/{aliased[0].model}@{aliased[0].alias} is served by alias: "
+                             "ModelDeploymentArgs.registry (tracking URL + read-only credentials) is required")
 
 
 class DeployedModel(pulumi.ComponentResource):

@@ -7,6 +7,7 @@ Prepackaged MLflow models run on MLServer (Apache-2.0) with the V2 inference pro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from modules.serving.contract import (
     DeployedModel,
     ModelDeploymentArgs,
     ModelSource,
+    RegistryAccess,
+    RegistryAlias,
     RegistryModel,
     ServingEngine,
 )
@@ -40,9 +43,22 @@ PREPACKAGED_PROTOCOLS = {
     "HUGGINGFACE_SERVER": {"v2"},
 }
 STOCK_MLFLOW_RUNTIME = "mlserver_mlflow.MLflowRuntime"
+# serves models:/<model>@<alias> and follows the alias (modules/serving/mlserver-image/mlops_mlserver.py)
+ALIAS_RUNTIME = "mlops_mlserver.RegistryAliasRuntime"
+# The V2 model name of every node: for a custom container the operator sets MLSERVER_MODEL_NAME to the
+# container's name and the executor calls /v2/models/<node name>/… (operator/controllers/
+# seldondeployment_controller.go createContainerService, executor/api/rest/client.go at v1.17.1)
+NODE = "model"
+ANNOTATION_PREFIX = "mlops-stack.io/"
 MANAGER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                     "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 STORAGE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://")
+# Env the operator sets on a graph node's container with SetEnvVar(..., override=false), which returns
+# an empty list when the variable is already there: setting one wipes the container's whole env
+# (operator/utils/utils.go SetEnvVar, controllers/seldondeployment_controller.go addPortEnvs, v1.17.1)
+OPERATOR_PORT_ENV = ("MLSERVER_HTTP_PORT", "MLSERVER_GRPC_PORT",
+                     "PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT")
+ALIAS_ENV = ("MLSERVER_MODEL_EXTRA", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,10 @@ class SeldonCoreArgs:
     # MLServer class serving registry models; the project's image adds one that answers 400, not
     # 500, to requests the model's signature rejects (modules/serving/mlserver-image)
     mlflow_runtime: str = STOCK_MLFLOW_RUNTIME
+
+
+def _image_ref(image: tuple[pulumi.Input[str], pulumi.Input[str]]) -> pulumi.Output[str]:
+    return pulumi.Output.concat(image[0], ":", image[1])
 
 
 class SeldonCore(pulumi.ComponentResource, ServingEngine):
@@ -101,13 +121,45 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
     def deploy(self, name: str, args: ModelDeploymentArgs,
                opts: pulumi.ResourceOptions | None = None) -> DeployedModel:
         return SeldonModel(name, args, self._args.gateway_host, self._args.mlflow_runtime,
+                           _image_ref(self._args.mlserver_image),
                            pulumi.ResourceOptions.merge(kube.after([self.release]), opts))
 
 
-def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow_runtime: str) -> dict[str, Any]:
-    graph: dict[str, Any] = {"name": "model", "type": "MODEL", "children": []}
-    container: dict[str, Any] = {"name": "model", "resources": dict(args.resources)}
-    if isinstance(source, RegistryModel):
+def alias_env(source: RegistryAlias, registry: RegistryAccess) -> list[dict[str, Any]]:
+    """The MLServer container's environment for an alias model: the runtime in MLServer's main
+    process (no inference workers: one process polls, swaps and reports), which alias to follow,
+    and the tracking server with a read-only user. The operator adds the ports, the model name and
+    MLSERVER_METRICS_PORT/ENDPOINT (the `metrics` port at /prometheus the PodMonitor scrapes)."""
+    secret = {"name": registry.credentials_secret}
+    extra = {"registry_model": source.model, "alias": source.alias, "poll_seconds": source.poll_seconds}
+    return [
+        {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": ALIAS_RUNTIME},
+        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+        {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra, sort_keys=True)},
+        {"name": "MLFLOW_TRACKING_URI", "value": registry.tracking_uri},
+        {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": {"secretKeyRef": {**secret, "key": "username"}}},
+        {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {**secret, "key": "password"}}},
+    ]
+
+
+def _alias_probes() -> dict[str, Any]:
+    """Ready once the aliased version is loaded (the operator's default is a TCP check, true as soon
+    as the port opens); a swap never makes the model unready. Liveness on the server alone, so a
+    slow first download is not killed."""
+    http = lambda path: {"httpGet": {"path": path, "port": "http"}}  # noqa: E731
+    return {"readinessProbe": {**http(f"/v2/models/{NODE}/ready"), "periodSeconds": 5, "failureThreshold": 3},
+            "livenessProbe": {**http("/v2/health/live"), "initialDelaySeconds": 30, "periodSeconds": 10,
+                              "failureThreshold": 6}}
+
+
+def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow_runtime: str,
+               mlserver_image: pulumi.Input[str]) -> dict[str, Any]:
+    graph: dict[str, Any] = {"name": NODE, "type": "MODEL", "children": []}
+    container: dict[str, Any] = {"name": NODE, "resources": dict(args.resources)}
+    if isinstance(source, RegistryAlias):
+        assert args.registry is not None  # ModelDeploymentArgs checks it
+        container |= {"image": mlserver_image, "env": alias_env(source, args.registry), **_alias_probes()}
+    elif isinstance(source, RegistryModel):
         graph |= {"implementation": IMPLEMENTATIONS[source.runtime], "modelUri": source.uri}
         if args.storage_secret is not None:
             graph["envSecretRefName"] = args.storage_secret
@@ -115,7 +167,7 @@ def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow
             container["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime}]
     else:
         container |= {"image": source.image, "env": [{"name": k, "value": v} for k, v in source.env.items()]}
-    pod: dict[str, Any] = {"containers": [container]}
+    pod: dict[str, Any] = {"containers": [container], **args.placement}
     if args.service_account:
         pod["serviceAccountName"] = args.service_account
     component: dict[str, Any] = {"spec": pod}
@@ -143,15 +195,15 @@ def _protocol(source: ModelSource) -> str:
     return source.protocol if isinstance(source, CustomImage) else "v2"
 
 
-def seldon_deployment_spec(args: ModelDeploymentArgs,
-                           mlflow_runtime: str = STOCK_MLFLOW_RUNTIME) -> dict[str, Any]:
+def seldon_deployment_spec(args: ModelDeploymentArgs, mlflow_runtime: str = STOCK_MLFLOW_RUNTIME,
+                           mlserver_image: pulumi.Input[str] = "seldonio/mlserver:1.7.1-mlflow") -> dict[str, Any]:
     """The SeldonDeployment spec for a model (and its optional shadow/canary candidate)."""
     if args.candidate is not None and _protocol(args.candidate) != _protocol(args.source):
         raise ValueError("a candidate must speak the same protocol as the model it runs beside")
-    main = _predictor("main", args.source, args, mlflow_runtime)
+    main = _predictor("main", args.source, args, mlflow_runtime, mlserver_image)
     predictors = [main]
     if args.candidate is not None:
-        candidate = _predictor("candidate", args.candidate, args, mlflow_runtime)
+        candidate = _predictor("candidate", args.candidate, args, mlflow_runtime, mlserver_image)
         if args.candidate_mode == "shadow":
             candidate["shadow"] = True
             main["traffic"] = 100
@@ -165,20 +217,30 @@ class SeldonModel(DeployedModel):
     """One SeldonDeployment; `url` is its predictions endpoint through the Istio gateway."""
 
     def __init__(self, name: str, args: ModelDeploymentArgs, gateway_host: pulumi.Input[str],
-                 mlflow_runtime: str, opts: pulumi.ResourceOptions | None = None):
+                 mlflow_runtime: str, mlserver_image: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:serving:SeldonModel", name, None, opts)
-        spec = seldon_deployment_spec(args, mlflow_runtime)
+        spec = seldon_deployment_spec(args, mlflow_runtime, mlserver_image)
         k8s.apiextensions.CustomResource(
             f"{name}-deployment",
             api_version=API_VERSION,
             kind="SeldonDeployment",
-            metadata=kube.metadata(name, args.namespace, "serving"),
+            metadata=kube.metadata(name, args.namespace, "serving",
+                                   **({"annotations": a} if (a := alias_annotations(args)) else {})),
             spec=spec,
             opts=kube.child(self),
         )
-        path = "v2/models/model/infer" if spec["protocol"] == "v2" else "api/v1.0/predictions"
+        path = f"v2/models/{NODE}/infer" if spec["protocol"] == "v2" else "api/v1.0/predictions"
         self.url = pulumi.Output.concat(gateway_host, "/seldon/", args.namespace, f"/{name}/{path}")
         self.register_outputs({"url": self.url})
+
+
+def alias_annotations(args: ModelDeploymentArgs) -> dict[str, str]:
+    """Which registry alias each predictor follows (the served version itself changes without a
+    redeploy, so it is reported by the pods: metadata, response model_version, metrics)."""
+    found = {"main": args.source, "candidate": args.candidate}
+    return {f"{ANNOTATION_PREFIX}{role}-model": f"models:/{s.model}@{s.alias}"
+            for role, s in found.items() if isinstance(s, RegistryAlias)}
 
 
 def _nodes(graph: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -187,11 +249,41 @@ def _nodes(graph: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def _env_problems(where: str, container: Mapping[str, Any], node: Mapping[str, Any]) -> list[str]:
+    """A custom container's env against what the operator does to it, and an alias model's wiring."""
+    env = {e.get("name"): e for e in container.get("env") or []}
+    problems = [f"{where}: env {name} is set by the operator, and setting it too makes the operator drop the "
+                "container's whole env (SetEnvVar in 1.17.1); remove it" for name in OPERATOR_PORT_ENV if name in env]
+    if env.get("MLSERVER_MODEL_IMPLEMENTATION", {}).get("value") != ALIAS_RUNTIME:
+        return problems
+    if node.get("modelUri") or node.get("implementation") or node.get("envSecretRefName"):
+        problems.append(f"{where}: an alias model loads through MLflow; its node takes no implementation, "
+                        "modelUri or envSecretRefName (the storage initializer would need bucket keys)")
+    missing = [name for name in ALIAS_ENV if name not in env]
+    if missing:
+        problems.append(f"{where}: {ALIAS_RUNTIME} needs env {missing}")
+    if env.get("MLSERVER_PARALLEL_WORKERS", {}).get("value") != "0":
+        problems.append(f"{where}: {ALIAS_RUNTIME} needs MLSERVER_PARALLEL_WORKERS=0 (it polls and swaps in "
+                        "MLServer's main process)")
+    if "value" in env.get("MLFLOW_TRACKING_PASSWORD", {}):
+        problems.append(f"{where}: MLFLOW_TRACKING_PASSWORD is a plain value; read it from the reader's Secret "
+                        "(valueFrom.secretKeyRef)")
+    try:
+        extra = json.loads(env.get("MLSERVER_MODEL_EXTRA", {}).get("value") or "{}")
+    except ValueError:
+        extra = None
+    if "MLSERVER_MODEL_EXTRA" in env and not (isinstance(extra, dict) and extra.get("registry_model")
+                                                 and extra.get("alias")):
+        problems.append(f"{where}: MLSERVER_MODEL_EXTRA must be JSON with registry_model and alias")
+    return problems
+
+
 def validate_seldon_deployment(obj: Mapping[str, Any]) -> list[str]:
     """Problems the Seldon Core 1.17 operator would reject or mis-serve, from Seldon's documentation:
     kind/version, graph nodes backed by a container or a prepackaged implementation, protocol
     supported by that implementation, model URI scheme the storage initializer can fetch, resources
-    set, pinned images and traffic that adds up."""
+    set, pinned images and traffic that adds up; from the operator's source at v1.17.1: no env the
+    operator sets itself, and alias models (a custom MLServer container, V2) wired to MLflow."""
     problems: list[str] = []
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != "SeldonDeployment":
         return [f"apiVersion/kind must be {API_VERSION}/SeldonDeployment"]
@@ -230,6 +322,8 @@ def validate_seldon_deployment(obj: Mapping[str, Any]) -> list[str]:
         for cname, container in containers.items():
             if cname not in {n.get("name") for n in nodes}:
                 problems.append(f"{where}: container {cname} matches no graph node")
+            problems += _env_problems(f"{where}: container {cname}", container,
+                                      next((n for n in nodes if n.get("name") == cname), {}))
             requests = (container.get("resources") or {}).get("requests") or {}
             if not requests.get("cpu") or not requests.get("memory"):
                 problems.append(f"{where}: container {cname} has no cpu/memory requests")

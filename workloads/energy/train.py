@@ -22,6 +22,7 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 
+from workloads.common import lineage
 from workloads.common.tracking import CHALLENGER, CHAMPION, connect, first_champion_then_challenger, promote
 from workloads.energy import data, model, store, synthetic
 from workloads.energy.pyfunc import REQUIREMENTS, ForecastModel, code_package
@@ -51,7 +52,10 @@ def run(consumption: pd.DataFrame, weather: pd.DataFrame, params: dict[str, obje
     )
     clusters = evaluation.features.groupby("user_id")["cluster"].first().astype(int)
     connect(tracking_uri, EXPERIMENT)
-    with mlflow.start_run() as active:
+    with mlflow.start_run(tags=lineage.provenance()) as active:
+        source = str(params.get("data", "unknown"))
+        lineage.log_training_data("consumption", consumption, source)
+        lineage.log_training_data("weather", weather, str(params.get("weather", source)))
         mlflow.log_params(
             {
                 **params,
@@ -86,6 +90,7 @@ def run(consumption: pd.DataFrame, weather: pd.DataFrame, params: dict[str, obje
     if version is not None:
         alias = alias or first_champion_then_challenger(MODEL_NAME)
         promote(MODEL_NAME, version, alias)
+        lineage.tag_version(MODEL_NAME, version, active.info.run_id)
     return Outcome(active.info.run_id, info.model_uri, version, alias if version is not None else None,
                    evaluation, forecaster)
 

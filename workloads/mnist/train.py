@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from workloads.common import lineage
 from workloads.common.tracking import CHALLENGER, CHAMPION, connect, first_champion_then_challenger, promote
 from workloads.mnist import data, model, pyfunc
 
@@ -70,7 +71,11 @@ def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.T
     keep = ~np.isin(train.y, exclude_digits)
     connect(tracking_uri, EXPERIMENT)
     commit = git_commit()
-    with mlflow.start_run(tags={"mlflow.source.git.commit": commit} if commit else None) as active:
+    tags = {**({"mlflow.source.git.commit": commit} if commit else {}), **lineage.provenance()}
+    with mlflow.start_run(tags=tags or None) as active:
+        source = str((params or {}).get("source", "unknown"))
+        lineage.log_training_data("train", {"images": train.X[keep], "labels": train.y[keep]}, source)
+        lineage.log_training_data("test", {"images": test.X, "labels": test.y}, source, context="evaluation")
         mlflow.log_params({**(params or {}), **asdict(config), "train_images": int(keep.sum()),
                            "test_images": len(test.y), "exclude_digits": ",".join(map(str, exclude_digits)) or "none"})
 
@@ -100,6 +105,7 @@ def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.T
     if version_ is not None:
         alias = alias or first_champion_then_challenger(MODEL_NAME)
         promote(MODEL_NAME, version_, alias)
+        lineage.tag_version(MODEL_NAME, version_, active.info.run_id)
     return Outcome(active.info.run_id, version_, alias if version_ is not None else None, test_accuracy, digits)
 
 

@@ -22,6 +22,7 @@ import skops.io
 from mlflow.models import infer_signature
 from sklearn.base import ClassifierMixin
 
+from workloads.common import lineage
 from workloads.common.tracking import CHALLENGER, CHAMPION, connect, first_champion_then_challenger, promote
 from workloads.neo import data, model
 
@@ -55,10 +56,12 @@ def flavor_options(fitted: ClassifierMixin, example: pd.DataFrame) -> dict[str, 
 
 def run(source: str, tracking_uri: str | None = None, register: bool = False, alias: str | None = None) -> Outcome:
     """Select, fit, log; with `register`, a new `NEOs` version under `alias` (default: see module doc)."""
-    prepared = data.preprocess(data.load(source))
+    raw = data.load(source)
+    prepared = data.preprocess(raw)
     result = model.train_and_select(prepared)
     connect(tracking_uri, EXPERIMENT)
-    with mlflow.start_run() as active:
+    with mlflow.start_run(tags=lineage.provenance()) as active:
+        lineage.log_training_data("nasa", raw, source)
         mlflow.log_params(
             {
                 "data": source,
@@ -97,6 +100,7 @@ def run(source: str, tracking_uri: str | None = None, register: bool = False, al
     if version is not None:
         alias = alias or first_champion_then_challenger(MODEL_NAME)
         promote(MODEL_NAME, version, alias)
+        lineage.tag_version(MODEL_NAME, version, active.info.run_id)
     return Outcome(active.info.run_id, info.model_uri, version, alias if version is not None else None, result)
 
 

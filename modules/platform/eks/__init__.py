@@ -16,10 +16,22 @@ import pulumi_aws as aws
 
 from modules.ci.github import CiIdentities, GithubOidc
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
-from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
+from modules.platform.contract import (
+    BucketAccess,
+    Cluster,
+    Database,
+    ImageRegistry,
+    ObjectStore,
+    Placement,
+    Platform,
+    PoolRole,
+    PublicDns,
+    pool_placement,
+)
 from modules.platform.eks.cluster import EksCluster, EksClusterArgs
 from modules.platform.eks.database import RdsArgs, RdsPostgres
-from modules.platform.eks.github import GithubRoles, GithubRolesArgs
+from modules.platform.eks.dns import GatewayDns, GatewayDnsArgs
+from modules.platform.eks.github import GithubRoles, GithubRolesArgs, ModelsValues, ModelsValuesArgs
 from modules.platform.eks.identity import ServiceAccountRole, ServiceAccountRoleArgs
 from modules.platform.eks.network import Vpc, VpcArgs
 from modules.platform.eks.storage import Buckets, BucketsArgs, Registry, RegistryArgs
@@ -49,6 +61,9 @@ class EksSettings:
     storage_class: str
     protect: bool
     tags: Mapping[str, str]
+    cluster_admins: Sequence[str] = ()  # IAM role/user ARNs: cluster admin access entries
+    cluster_viewers: Sequence[str] = ()  # IAM role/user ARNs: read-only access entries
+    create_github_oidc_provider: bool = False
 
 
 class EksPlatform(Platform):
@@ -59,6 +74,7 @@ class EksPlatform(Platform):
         self._vpc: Vpc | None = None
         self._eks: EksCluster | None = None
         self._registry: Registry | None = None
+        self._github: GithubRoles | None = None
         self._buckets: Buckets | None = None
         self._identities: dict[str, ServiceAccountRole] = {}
 
@@ -72,8 +88,8 @@ class EksPlatform(Platform):
             opts=pulumi.ResourceOptions(provider=provider, protect=s.protect))
         aws.kms.Alias("kms", name=f"alias/{s.prefix}", target_key_id=self._key.id,
                       opts=pulumi.ResourceOptions(provider=provider))
-        self._vpc = Vpc("vpc", VpcArgs(prefix=s.prefix, cidr=s.vpc_cidr, zones=s.zones, nat_per_zone=s.nat_per_zone),
-                        opts=self._opts)
+        self._vpc = Vpc("vpc", VpcArgs(prefix=s.prefix, cidr=s.vpc_cidr, zones=s.zones, nat_per_zone=s.nat_per_zone,
+                                       region=s.region), opts=self._opts)
         self._eks = EksCluster(
             "eks",
             EksClusterArgs(
@@ -81,7 +97,7 @@ class EksPlatform(Platform):
                 private_endpoint=s.private_endpoint, authorized_networks=s.authorized_networks,
                 subnet_ids=[subnet.id for subnet in self._vpc.private_subnets], node_pools=s.node_pools,
                 key_arn=self._key.arn, log_retention_days=s.log_retention_days, storage_class=s.storage_class,
-                protect=s.protect,
+                protect=s.protect, admins=s.cluster_admins, viewers=s.cluster_viewers,
             ),
             opts=self._opts,
         )
@@ -133,10 +149,29 @@ class EksPlatform(Platform):
     def ci_identities(self, github: GithubOidc) -> CiIdentities:
         if self._eks is None or self._registry is None or self._key is None:
             raise RuntimeError("EksPlatform.cluster() must be called before ci_identities()")
-        return GithubRoles("github", GithubRolesArgs(prefix=self.settings.prefix, github=github,
-                                                     cluster=self._eks.cluster,
-                                                     repositories=self._registry.repositories,
-                                                     key_arn=self._key.arn), opts=self._opts).identities
+        self._github = GithubRoles("github", GithubRolesArgs(
+            prefix=self.settings.prefix, github=github, cluster=self._eks.cluster,
+            repositories=self._registry.repositories, key_arn=self._key.arn,
+            create_oidc_provider=self.settings.create_github_oidc_provider), opts=self._opts)
+        return self._github.identities
+
+    def ci_values(self, values: pulumi.Input[str]) -> pulumi.Output[str]:
+        if self._github is None or self._key is None:
+            raise RuntimeError("EksPlatform.ci_identities() must be called before ci_values()")
+        return ModelsValues("ci-values", ModelsValuesArgs(name_prefix=f"{self.settings.prefix}-ci-models-",
+                                                          reader=self._github.models_role, key_arn=self._key.arn,
+                                                          values=values), opts=self._opts).reference
+
+    def public_dns(self, zone: str, project: str | None, hosts: Sequence[str], ttl: int) -> PublicDns:
+        if self._eks is None:
+            raise RuntimeError("EksPlatform.cluster() must be called before public_dns()")
+        s = self.settings
+        return GatewayDns("dns", GatewayDnsArgs(
+            prefix=s.prefix, region=s.region, zone_id=zone, zones=s.zones, hosts=hosts, ttl=ttl, oidc=self._eks.oidc,
+            service_annotations=self.gateway_service_annotations), opts=self._opts).dns
+
+    def placement(self, role: PoolRole) -> Placement:
+        return pool_placement(role)  # the node groups carry the pool label, the workload one its taint
 
     @property
     def gateway_service_annotations(self) -> Mapping[str, str]:
@@ -146,6 +181,10 @@ class EksPlatform(Platform):
     @property
     def registry_url(self) -> pulumi.Input[str] | None:
         return self._registry.url if self._registry is not None else None
+
+    @property
+    def registry(self) -> ImageRegistry | None:
+        return self._registry.image_registry if self._registry is not None else None
 
     def _identity(self, access: BucketAccess) -> ServiceAccountRole:
         """The client's IRSA role, created on first use (for any namespace/service account pair)."""

@@ -1,9 +1,12 @@
 """An EKS cluster: pinned version, control-plane logs, Secrets encrypted with a KMS key, private
-managed node groups (IMDSv2 only), the core add-ons and a default gp3 StorageClass.
+managed node groups (IMDSv2 only), the core add-ons, metrics-server, the Cluster Autoscaler, access
+entries for the configured admins and viewers, and a default gp3 StorageClass.
 
 Add-ons that need AWS permissions (VPC CNI, EBS CSI) get them through IRSA roles, not the node role,
-and the VPC CNI is in place before any node joins. The node groups carry autoscaling bounds; a
-cluster autoscaler (or Karpenter) acting on them is not part of this module.
+and the VPC CNI (enforcing NetworkPolicies) is in place before any node joins. Both node groups carry
+the pool label; the workload group is tainted so that only pods placed there (model servers, Jobs)
+run on it. Every Kubernetes object the stack makes goes through `provider`, which is ready only once
+the StorageClass exists: no volume is ever claimed before its class.
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from modules.platform.cloud import NODE_POOL_LABEL, NodePoolSpec, exec_kubeconfig
+from modules.platform.cloud import NodePoolSpec, exec_kubeconfig
+from modules.platform.contract import POOL_LABEL, WORKLOAD_TAINT, pool_placement
+from modules.platform.eks.autoscaler import AutoscalerArgs, ClusterAutoscaler
 from modules.platform.eks.identity import STS_AUDIENCE, Oidc, irsa_role
 
 AWS_POLICY = "arn:aws:iam::aws:policy/"
+ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/"
 LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+# The managed add-on's own key (its configuration schema), a string: the node agent then enforces
+# NetworkPolicies (VPC CNI 1.14+); without it every NetworkPolicy of the platform is inert.
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+EKS_TAINT_EFFECT = {"NoSchedule": "NO_SCHEDULE"}
+# Human access beside the creator and CI: access policies per configured principal list
+ACCESS_POLICIES = {"admins": "AmazonEKSClusterAdminPolicy", "viewers": "AmazonEKSAdminViewPolicy"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class EksClusterArgs:
     log_retention_days: int
     storage_class: str
     protect: bool  # deletion protection; retained volumes
+    admins: Sequence[str] = ()  # IAM role/user ARNs with cluster admin access
+    viewers: Sequence[str] = ()  # IAM role/user ARNs with read-only access (no Secrets)
 
 
 def _service_role(name: str, role_name: str, service: str, policies: Sequence[str],
@@ -55,6 +69,8 @@ class EksCluster(pulumi.ComponentResource):
     oidc: Oidc
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
+    storage_class: k8s.storage.v1.StorageClass
+    autoscaler: ClusterAutoscaler
 
     def __init__(self, name: str, args: EksClusterArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:EksCluster", name, None, opts)
@@ -97,7 +113,8 @@ class EksCluster(pulumi.ComponentResource):
 
         before_nodes = [
             self._addon(name, "vpc-cni", self._addon_role(name, args, "vpc-cni", "aws-node",
-                                                           "AmazonEKS_CNI_Policy")),
+                                                           "AmazonEKS_CNI_Policy"),
+                        configuration=VPC_CNI_CONFIGURATION),
             self._addon(name, "kube-proxy"),
         ]
         node_role, node_policies = _service_role(
@@ -110,14 +127,18 @@ class EksCluster(pulumi.ComponentResource):
             self._addon(name, "aws-ebs-csi-driver",
                         self._addon_role(name, args, "ebs-csi", "ebs-csi-controller-sa",
                                          "service-role/AmazonEBSCSIDriverPolicy"), depends_on=groups),
+            # the resource metrics API model HPAs scale on (EKS community add-on, version per cluster)
+            self._addon(name, "metrics-server", depends_on=groups),
         ]
+        self._access_entries(name, args)
         self.kubeconfig = exec_kubeconfig(
             self.cluster.name, self.cluster.endpoint, self.cluster.certificate_authority.data,
             {"command": "aws", "args": ["--region", args.region, "eks", "get-token", "--cluster-name", args.name,
                                         "--output", "json"]})
-        self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
-                                     opts=pulumi.ResourceOptions(parent=self, depends_on=[*groups, *after_nodes]))
-        k8s.storage.v1.StorageClass(
+        # the StorageClass goes first, through its own provider; every other object waits for it
+        bootstrap = k8s.Provider(f"{name}-k8s-bootstrap", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
+                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*groups, *after_nodes]))
+        self.storage_class = k8s.storage.v1.StorageClass(
             f"{name}-{args.storage_class}",
             metadata={"name": args.storage_class,
                       "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -126,8 +147,15 @@ class EksCluster(pulumi.ComponentResource):
             volume_binding_mode="WaitForFirstConsumer",  # the volume is made in the zone of its Pod
             allow_volume_expansion=True,
             reclaim_policy="Retain" if args.protect else "Delete",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+            opts=pulumi.ResourceOptions(parent=self, provider=bootstrap),
         )
+        self.provider = k8s.Provider(
+            f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*groups, *after_nodes, self.storage_class]))
+        self.autoscaler = ClusterAutoscaler(f"{name}-autoscaler", AutoscalerArgs(
+            cluster=self.cluster, cluster_name=args.name, region=args.region,
+            kubernetes_version=args.kubernetes_version, oidc=self.oidc, k8s_provider=self.provider,
+            placement=pool_placement("system").pod_spec()), opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"name": self.cluster.name, "endpoint": self.cluster.endpoint})
 
     def _addon_role(self, name: str, args: EksClusterArgs, addon: str, service_account: str,
@@ -138,13 +166,29 @@ class EksCluster(pulumi.ComponentResource):
                                                   opts=pulumi.ResourceOptions(parent=self))
         return role, attachment
 
+    def _access_entries(self, name: str, args: EksClusterArgs) -> None:
+        """Cluster-wide access for the configured people (their roles or users), through EKS access entries."""
+        for group, principals in (("admins", args.admins), ("viewers", args.viewers)):
+            for arn in principals:
+                account, tail = arn.split(":")[4], arn.split(":", 5)[5].replace("/", "-")
+                key = f"{name}-{group}-{account}-{tail}"
+                entry = aws.eks.AccessEntry(key, cluster_name=self.cluster.name, principal_arn=arn, type="STANDARD",
+                                            opts=pulumi.ResourceOptions(parent=self))
+                aws.eks.AccessPolicyAssociation(
+                    key, cluster_name=self.cluster.name, principal_arn=arn,
+                    policy_arn=ACCESS_POLICY + ACCESS_POLICIES[group],
+                    access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]))
+
     def _addon(self, name: str, addon: str, role: tuple[aws.iam.Role, pulumi.Resource] | None = None,
-               depends_on: Sequence[pulumi.Resource] = ()) -> aws.eks.Addon:
+               depends_on: Sequence[pulumi.Resource] = (), configuration: dict[str, str] | None = None
+               ) -> aws.eks.Addon:
         """An EKS-managed add-on at the default version for the cluster's Kubernetes version."""
         return aws.eks.Addon(
             f"{name}-{addon}",
             cluster_name=self.cluster.name,
             addon_name=addon,
+            configuration_values=json.dumps(configuration) if configuration else None,
             service_account_role_arn=role[0].arn if role else None,
             resolve_conflicts_on_create="OVERWRITE",  # take over the self-managed copy EKS bootstraps
             resolve_conflicts_on_update="OVERWRITE",
@@ -183,7 +227,11 @@ class EksCluster(pulumi.ComponentResource):
             capacity_type="SPOT" if pool.spot else "ON_DEMAND",
             instance_types=[pool.machine_type],
             ami_type="AL2023_ARM_64_STANDARD" if pool.arm64 else "AL2023_x86_64_STANDARD",
-            labels={NODE_POOL_LABEL: pool.name},
+            labels={POOL_LABEL: pool.name},
+            # only pods that ask for the workload pool run there (contract.pool_placement)
+            taints=[aws.eks.NodeGroupTaintArgs(key=WORKLOAD_TAINT["key"], value=WORKLOAD_TAINT["value"],
+                                               effect=EKS_TAINT_EFFECT[WORKLOAD_TAINT["effect"]])]
+            if pool.name == "workload" else None,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(id=template.id,
                                                                 version=template.latest_version.apply(str)),
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),

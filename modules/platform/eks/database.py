@@ -1,6 +1,10 @@
 """RDS for PostgreSQL in private subnets: not publicly accessible, encrypted with the platform key,
 TLS forced, reachable only from the cluster's security group.
 
+A protected instance leaves a final snapshot when it is destroyed; its identifier ends in a random
+suffix made with the instance (kept in the stack state), so a re-created stack's next destroy does
+not collide with the snapshot the previous one left.
+
 RDS creates one database (`db_name`); the others MLflow needs (its auth database) are created by a
 small Kubernetes Job running `psql` from inside the cluster, idempotently, with the password read
 from a Secret. The host the platform hands out resolves only once that Job has completed.
@@ -64,6 +68,10 @@ class RdsPostgres(pulumi.ComponentResource):
             ip_protocol="tcp", from_port=PORT, to_port=PORT, description="PostgreSQL from the EKS cluster",
             opts=child)
         subnets = aws.rds.SubnetGroup(f"{name}", name=args.identifier, subnet_ids=list(args.subnet_ids), opts=child)
+        final_snapshot = None
+        if args.protect:
+            suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=child)
+            final_snapshot = pulumi.Output.concat(args.identifier, "-final-", suffix.hex)
         major = spec.version.split(".")[0]
         parameters = aws.rds.ParameterGroup(
             f"{name}", name=f"{args.identifier}-{major}", family=f"postgres{major}",
@@ -93,7 +101,7 @@ class RdsPostgres(pulumi.ComponentResource):
             copy_tags_to_snapshot=True,
             deletion_protection=args.protect,
             skip_final_snapshot=not args.protect,
-            final_snapshot_identifier=f"{args.identifier}-final" if args.protect else None,
+            final_snapshot_identifier=final_snapshot,  # required unless skip_final_snapshot
             enabled_cloudwatch_logs_exports=["postgresql", "upgrade"],
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )

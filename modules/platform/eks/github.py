@@ -1,6 +1,10 @@
 """GitHub Actions → AWS without keys: the account's IAM OIDC provider for GitHub and one role per
 CI purpose whose trust policy accepts only the exact token subjects of that purpose (repository +
-ref or protected environment). Cluster access goes through EKS access entries, not aws-auth."""
+ref or protected environment). Cluster access goes through EKS access entries, not aws-auth.
+
+An account has one OIDC provider per issuer URL, usually made once by whoever first used GitHub
+Actions there: the stack looks it up by URL (`pulumi up` fails clearly if there is none) and creates
+it only when told to (`ci.github.createAwsOidcProvider`), or takes its ARN as configured."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class GithubRolesArgs:
     cluster: aws.eks.Cluster
     repositories: Sequence[aws.ecr.Repository]  # `models` pushes here
     key_arn: pulumi.Input[str]  # the repositories' KMS key
+    create_oidc_provider: bool = False  # else the account's existing provider (configured ARN or lookup)
 
 
 def trust_policy(provider_arn: str, subjects: Sequence[str]) -> str:
@@ -62,16 +67,20 @@ def _models_policy(values: list[str]) -> str:
 
 class GithubRoles(pulumi.ComponentResource):
     identities: CiIdentities
+    models_role: aws.iam.Role
 
     def __init__(self, name: str, args: GithubRolesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:GithubRoles", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         provider_arn: pulumi.Input[str]
         if args.github.aws_provider_arn:
-            provider_arn = args.github.aws_provider_arn  # an account has one provider per issuer URL
-        else:
+            provider_arn = args.github.aws_provider_arn
+        elif args.create_oidc_provider:
             provider_arn = aws.iam.OpenIdConnectProvider(
                 name, url=ISSUER, client_id_lists=[AUDIENCE_AWS], opts=child).arn
+        else:
+            provider_arn = aws.iam.get_open_id_connect_provider_output(
+                url=ISSUER, opts=pulumi.InvokeOutputOptions(parent=self)).arn
         roles = {}
         for purpose, subjects in args.github.subjects().items():
             role = aws.iam.Role(
@@ -84,6 +93,7 @@ class GithubRoles(pulumi.ComponentResource):
                 aws.iam.RolePolicyAttachment(f"{name}-{purpose}-{policy}", role=role.name,
                                              policy_arn=AWS_POLICY + policy, opts=child)
             roles[purpose] = role
+        self.models_role = roles["models"]
         aws.iam.RolePolicy(
             f"{name}-models", role=roles["models"].name, name="push-and-deploy",
             policy=pulumi.Output.all(args.cluster.arn, args.key_arn, *(r.arn for r in args.repositories))
@@ -105,3 +115,41 @@ class GithubRoles(pulumi.ComponentResource):
             model_deployer={"kind": "Group", "name": MODEL_DEPLOYERS, "api_group": "rbac.authorization.k8s.io"},
         )
         self.register_outputs(dict(self.identities.outputs))
+
+
+@dataclass(frozen=True)
+class ModelsValuesArgs:
+    name_prefix: str
+    reader: aws.iam.Role  # the `models` role; it already may decrypt with `key_arn`
+    key_arn: pulumi.Input[str]
+    values: pulumi.Input[str]  # a secret JSON document
+
+
+def _read_values_policy(secret_arn: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": "StackValues", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                       "Resource": secret_arn}],
+    })
+
+
+class ModelsValues(pulumi.ComponentResource):
+    """What the model pipeline needs (MLflow URL and its own login, kubeconfig, registry) as one Secrets
+    Manager secret that only `models` may read; `reference` (its ARN) is what the pipeline reads. It never
+    reads the Pulumi state (docs/decisions/0010-ci-stack-outputs.md)."""
+
+    reference: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ModelsValuesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:aws:ModelsValues", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        # a generated suffix and no recovery window: a destroy + up never meets a name still reserved
+        secret = aws.secretsmanager.Secret(
+            name, name_prefix=args.name_prefix, kms_key_id=args.key_arn, recovery_window_in_days=0,
+            description="mlops-stack: values the CI model pipeline reads (no Pulumi state access)", opts=child)
+        aws.secretsmanager.SecretVersion(name, secret_id=secret.id, secret_string=pulumi.Output.secret(args.values),
+                                         opts=child)
+        aws.iam.RolePolicy(name, role=args.reader.name, name="read-stack-values",
+                           policy=secret.arn.apply(_read_values_policy), opts=child)
+        self.reference = secret.arn
+        self.register_outputs({"reference": self.reference})

@@ -1,5 +1,10 @@
 """A VPC over two or more zones: public subnets for NAT and internet-facing load balancers, private
-subnets for nodes, Pods (VPC CNI) and RDS, tagged so EKS load balancers find the right ones."""
+subnets for nodes, Pods (VPC CNI) and RDS, tagged so EKS load balancers find the right ones.
+
+S3 traffic of the private subnets (artifacts, datasets, and ECR's image layers, which ECR serves
+from S3) takes a gateway endpoint instead of the NAT gateway: gateway endpoints cost nothing, NAT
+data processing does. ECR's API/registry calls (small) still go through NAT: interface endpoints
+for them would cost more per month than the traffic they save at this platform's image sizes."""
 
 from __future__ import annotations
 
@@ -30,12 +35,14 @@ class VpcArgs:
     cidr: str
     zones: Sequence[str]  # availability zone names
     nat_per_zone: bool  # else one NAT gateway for all zones (cheaper, one zone's egress dependency)
+    region: str  # of the S3 gateway endpoint's service
 
 
 class Vpc(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     private_subnets: list[aws.ec2.Subnet]
     public_subnets: list[aws.ec2.Subnet]
+    s3_endpoint: aws.ec2.VpcEndpoint
 
     def __init__(self, name: str, args: VpcArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:Vpc", name, None, opts)
@@ -67,6 +74,7 @@ class Vpc(pulumi.ComponentResource):
                     f"{name}-nat-{zone}", allocation_id=address.id, subnet_id=subnet.id,
                     tags={"Name": f"{args.prefix}-nat-{zone}"},
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway])))
+        private_routes = []
         for i, (zone, subnet) in enumerate(zip(args.zones, self.private_subnets)):
             routes = aws.ec2.RouteTable(
                 f"{name}-private-{zone}", vpc_id=self.vpc.id, tags={"Name": f"{args.prefix}-private-{zone}"},
@@ -75,4 +83,9 @@ class Vpc(pulumi.ComponentResource):
                 opts=child)
             aws.ec2.RouteTableAssociation(f"{name}-private-{zone}", route_table_id=routes.id, subnet_id=subnet.id,
                                           opts=child)
+            private_routes.append(routes)
+        self.s3_endpoint = aws.ec2.VpcEndpoint(
+            f"{name}-s3", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
+            vpc_endpoint_type="Gateway", route_table_ids=[r.id for r in private_routes],
+            tags={"Name": f"{args.prefix}-s3"}, opts=child)
         self.register_outputs({"vpc": self.vpc.id, "private": [s.id for s in self.private_subnets]})

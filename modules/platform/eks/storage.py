@@ -2,7 +2,9 @@
 
 Buckets: all public access blocked, ACLs off (bucket owner enforced), SSE-KMS with a bucket key,
 versioning with old versions expiring, and a policy refusing any request not made over TLS.
-Repositories: scan on push, immutable tags, KMS encryption.
+Repositories: scan on push, immutable tags, KMS encryption. ECR creates no repository on push, so
+there is one per image name, and each push of the program's builds waits for its own repository;
+they log in with an ECR authorization token of the identity running Pulumi (valid 12 hours).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+
+from modules.images import RegistryAuth
+from modules.platform.contract import ImageRegistry
 
 ABORT_UPLOADS_DAYS = 7
 SseDefault = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs
@@ -102,6 +107,7 @@ class Registry(pulumi.ComponentResource):
 
     url: pulumi.Output[str]
     repositories: list[aws.ecr.Repository]
+    image_registry: ImageRegistry  # the url with push credentials and each image's repository
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:Registry", name, None, opts)
@@ -119,4 +125,8 @@ class Registry(pulumi.ComponentResource):
             for image in args.images
         ]
         self.url = repositories[0].repository_url.apply(lambda url: url.rsplit("/", 1)[0])
+        token = aws.ecr.get_authorization_token_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        self.image_registry = ImageRegistry(
+            self.url, RegistryAuth(token.user_name, pulumi.Output.secret(token.password)),
+            dict(zip(args.images, repositories, strict=True)))
         self.register_outputs({"url": self.url})

@@ -15,16 +15,29 @@ import pulumi_gcp as gcp
 
 from modules.ci.github import CiIdentities, GithubOidc
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
-from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
+from modules.platform.contract import (
+    BucketAccess,
+    Cluster,
+    Database,
+    ImageRegistry,
+    ObjectStore,
+    Placement,
+    Platform,
+    PoolRole,
+    PublicDns,
+    pool_placement,
+)
 from modules.platform.gke.cluster import GkeCluster, GkeClusterArgs
 from modules.platform.gke.database import CloudSqlArgs, CloudSqlPostgres
-from modules.platform.gke.github import GithubFederation, GithubFederationArgs
+from modules.platform.gke.dns import GatewayDns, GatewayDnsArgs
+from modules.platform.gke.github import GithubFederation, GithubFederationArgs, ModelsValues, ModelsValuesArgs
 from modules.platform.gke.identity import WorkloadIdentity, WorkloadIdentityArgs
 from modules.platform.gke.network import Network, NetworkArgs
 from modules.platform.gke.storage import Buckets, BucketsArgs, Registry, RegistryArgs
 
+# sts and iamcredentials: Workload Identity Federation (GitHub Actions) exchanges tokens through them
 APIS = ("compute", "container", "sqladmin", "servicenetworking", "artifactregistry", "iam",
-        "iamcredentials", "storage", "cloudresourcemanager")
+        "iamcredentials", "sts", "secretmanager", "storage", "cloudresourcemanager")
 MAX_ACCOUNT_ID = 30
 
 
@@ -37,6 +50,7 @@ class GkeSettings:
     release_channel: str
     kubernetes_version: str
     private_endpoint: bool
+    master_cidr: str
     authorized_networks: Sequence[str]
     subnet_cidr: str
     pods_cidr: str
@@ -51,14 +65,16 @@ class GkeSettings:
     storage_class: str | None
     protect: bool
     labels: Mapping[str, str]
+    dns: bool = False  # gateway.dns is set: Cloud DNS API on
 
 
 class ProjectApis(pulumi.ComponentResource):
     """The Google APIs the platform calls; left enabled on destroy (other things may use them)."""
 
-    def __init__(self, name: str, project: str, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, project: str, apis: Sequence[str] = APIS,
+                 opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:gcp:ProjectApis", name, None, opts)
-        for api in APIS:
+        for api in apis:
             gcp.projects.Service(f"{name}-{api}", project=project, service=f"{api}.googleapis.com",
                                  disable_on_destroy=False, opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({})
@@ -71,6 +87,7 @@ class GkePlatform(Platform):
         self._network: Network | None = None
         self._gke: GkeCluster | None = None
         self._registry: Registry | None = None
+        self._github: GithubFederation | None = None
         self._buckets: Buckets | None = None
         self._identities: dict[str, WorkloadIdentity] = {}
 
@@ -79,7 +96,8 @@ class GkePlatform(Platform):
         # every resource goes through `gcp`, which exists only once the APIs are on (a component's
         # depends_on would not reach its children)
         bootstrap = gcp.Provider("gcp-apis", project=s.project, region=s.region)
-        apis = ProjectApis("apis", s.project, opts=pulumi.ResourceOptions(providers=[bootstrap]))
+        apis = ProjectApis("apis", s.project, (*APIS, *(("dns",) if s.dns else ())),
+                           opts=pulumi.ResourceOptions(providers=[bootstrap]))
         provider = gcp.Provider("gcp", project=s.project, region=s.region, default_labels=dict(s.labels),
                                 opts=pulumi.ResourceOptions(depends_on=[apis]))
         self._opts = pulumi.ResourceOptions(providers=[provider])
@@ -90,7 +108,8 @@ class GkePlatform(Platform):
             GkeClusterArgs(
                 name=s.prefix, project=s.project, location=s.location, autopilot=s.autopilot,
                 release_channel=s.release_channel, kubernetes_version=s.kubernetes_version,
-                private_endpoint=s.private_endpoint, authorized_networks=s.authorized_networks,
+                private_endpoint=s.private_endpoint, master_cidr=s.master_cidr,
+                authorized_networks=s.authorized_networks,
                 network=self._network.network.id, subnet=self._network.subnet.id,
                 node_pools=s.node_pools, deletion_protection=s.protect,
             ),
@@ -141,13 +160,37 @@ class GkePlatform(Platform):
         if self._registry is None:
             raise RuntimeError("GkePlatform.cluster() must be called before ci_identities()")
         s = self.settings
-        return GithubFederation("github", GithubFederationArgs(project=s.project, prefix=s.prefix, github=github,
-                                                               repository=self._registry.repository),
-                                opts=self._opts).identities
+        self._github = GithubFederation("github", GithubFederationArgs(
+            project=s.project, prefix=s.prefix, github=github, repository=self._registry.repository), opts=self._opts)
+        return self._github.identities
+
+    def ci_values(self, values: pulumi.Input[str]) -> pulumi.Output[str]:
+        if self._github is None:
+            raise RuntimeError("GkePlatform.ci_identities() must be called before ci_values()")
+        s = self.settings
+        return ModelsValues("ci-values", ModelsValuesArgs(project=s.project, secret_id=f"{s.prefix}-ci-models",
+                                                          reader=self._github.models_member, values=values),
+                            opts=self._opts).reference
+
+    def public_dns(self, zone: str, project: str | None, hosts: Sequence[str], ttl: int) -> PublicDns:
+        if self._gke is None:
+            raise RuntimeError("GkePlatform.cluster() must be called before public_dns()")
+        s = self.settings
+        return GatewayDns("dns", GatewayDnsArgs(
+            project=s.project, region=s.region, prefix=s.prefix, zone=zone, zone_project=project or s.project,
+            hosts=hosts, ttl=ttl, cluster=self._gke.cluster), opts=self._opts).dns
+
+    def placement(self, role: PoolRole) -> Placement:
+        # Autopilot has no pools of ours: Google places every pod
+        return Placement() if self.settings.autopilot else pool_placement(role)
 
     @property
     def registry_url(self) -> pulumi.Input[str] | None:
         return self._registry.url if self._registry is not None else None
+
+    @property
+    def registry(self) -> ImageRegistry | None:
+        return self._registry.image_registry if self._registry is not None else None
 
     def _identity(self, access: BucketAccess) -> WorkloadIdentity:
         """The client's Google service account, created on first use (for any namespace/KSA pair)."""

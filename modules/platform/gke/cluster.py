@@ -13,7 +13,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from modules.platform.cloud import NODE_POOL_LABEL, NodePoolSpec, exec_kubeconfig
+from modules.platform.cloud import NodePoolSpec, exec_kubeconfig
+from modules.platform.contract import POOL_LABEL, WORKLOAD_TAINT
 from modules.platform.gke.network import PODS_RANGE, SERVICES_RANGE
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"  # access is decided by IAM
@@ -23,6 +24,13 @@ GKE_AUTH_PLUGIN = {
                    "cluster-access-for-kubectl#install_plugin",
     "provideClusterInfo": True,
 }
+# Admission webhooks the control plane calls on pod ports a private cluster's own firewall rule
+# (443, 10250 from the control-plane range) does not open: istiod (Service 443 → 15017, Istio
+# 1.30.3 istio-discovery templates/service.yaml) and Seldon's operator (webhook.port 4443,
+# seldon-core-operator 1.17.1 values.yaml). cert-manager's webhook and the Prometheus operator's
+# listen on 10250, already open.
+WEBHOOK_PORTS = ("15017", "4443")
+GKE_TAINT_EFFECT = {"NoSchedule": "NO_SCHEDULE"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class GkeClusterArgs:
     release_channel: str
     kubernetes_version: str  # minimum control-plane version; the release channel upgrades from there
     private_endpoint: bool
+    master_cidr: str  # the control plane's private range: source of its calls to webhooks on the nodes
     authorized_networks: Sequence[str]
     network: pulumi.Input[str]
     subnet: pulumi.Input[str]
@@ -43,6 +52,7 @@ class GkeClusterArgs:
 
 class GkeCluster(pulumi.ComponentResource):
     cluster: gcp.container.Cluster
+    webhooks: gcp.compute.Firewall
     node_account: gcp.serviceaccount.Account
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
@@ -68,7 +78,8 @@ class GkeCluster(pulumi.ComponentResource):
             ip_allocation_policy=gcp.container.ClusterIpAllocationPolicyArgs(
                 cluster_secondary_range_name=PODS_RANGE, services_secondary_range_name=SERVICES_RANGE),
             private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
-                enable_private_nodes=True, enable_private_endpoint=args.private_endpoint),
+                enable_private_nodes=True, enable_private_endpoint=args.private_endpoint,
+                master_ipv4_cidr_block=args.master_cidr),
             master_authorized_networks_config=gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
                 cidr_blocks=[gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=c)
                              for c in args.authorized_networks],
@@ -81,6 +92,17 @@ class GkeCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[node_role], ignore_changes=["nodeConfig"]),
         )
         pools = [] if args.autopilot else [self._pool(name, args, p, node_role) for p in args.node_pools]
+        self.webhooks = gcp.compute.Firewall(
+            f"{name}-webhooks",
+            name=f"{args.name}-webhooks",
+            network=args.network,
+            description="GKE control plane to admission webhooks (istiod, Seldon operator) on the nodes",
+            direction="INGRESS",
+            source_ranges=[args.master_cidr],
+            target_service_accounts=[self.node_account.email],  # Standard and Autopilot nodes alike
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=list(WEBHOOK_PORTS))],
+            opts=child,
+        )
 
         self.kubeconfig = exec_kubeconfig(
             self.cluster.name, pulumi.Output.concat("https://", self.cluster.endpoint),
@@ -137,7 +159,11 @@ class GkeCluster(pulumi.ComponentResource):
                     mode="GKE_METADATA"),  # pods see the Workload Identity metadata server, not the node's
                 shielded_instance_config=gcp.container.NodePoolNodeConfigShieldedInstanceConfigArgs(
                     enable_secure_boot=True, enable_integrity_monitoring=True),
-                labels={NODE_POOL_LABEL: pool.name},
+                labels={POOL_LABEL: pool.name},
+                # only pods that ask for the workload pool run there (contract.pool_placement)
+                taints=[gcp.container.NodePoolNodeConfigTaintArgs(
+                    key=WORKLOAD_TAINT["key"], value=WORKLOAD_TAINT["value"],
+                    effect=GKE_TAINT_EFFECT[WORKLOAD_TAINT["effect"]])] if pool.name == "workload" else None,
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[node_role]),
         )

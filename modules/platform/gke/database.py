@@ -15,6 +15,7 @@ import pulumi_random as random
 
 from modules.platform.cloud import PORT, ManagedPostgresSpec, ready_value
 from modules.platform.contract import Database
+from modules.platform.gke.names import unique_name
 
 Retention = gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs
 # Transaction logs kept for point-in-time recovery, at most (Cloud SQL limits per edition)
@@ -46,7 +47,7 @@ class CloudSqlPostgres(pulumi.ComponentResource):
         backups = max(spec.backup_days, 2) if pitr else spec.backup_days  # must exceed the log days
         instance = gcp.sql.DatabaseInstance(
             name,
-            name=args.name,
+            name=unique_name(name, args.name, stateful),  # a deleted instance's name is taken for a week
             region=args.region,
             database_version=spec.version,
             deletion_protection=args.protect,

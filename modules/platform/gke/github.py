@@ -1,6 +1,8 @@
 """GitHub Actions → Google Cloud without keys: a Workload Identity Federation pool whose provider
 accepts only tokens of the configured repository, and one Google service account per CI purpose
-that only the exact token subjects of that purpose may impersonate."""
+that only the exact token subjects of that purpose may impersonate. The model pipeline reads what it
+needs from one Secret Manager secret that only `models` may access, never the Pulumi state
+(docs/decisions/0010-ci-stack-outputs.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from modules.ci.github import ISSUER, CiIdentities, GithubOidc
+from modules.platform.gke.names import unique_name
 
 # Project roles per purpose. `pulumi up` of the whole platform creates networks, clusters, IAM
 # bindings and service accounts: that is administration of the project, so `infra` is powerful and
@@ -40,16 +43,19 @@ def principal(pool_name: pulumi.Input[str], subject: str) -> pulumi.Output[str]:
 
 class GithubFederation(pulumi.ComponentResource):
     identities: CiIdentities
+    models_member: pulumi.Output[str]  # IAM member of the `models` account
 
     def __init__(self, name: str, args: GithubFederationArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:gcp:GithubFederation", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # pool and provider IDs stay reserved ~30 days after a delete: a new destroy+up draws new ones
         pool = gcp.iam.WorkloadIdentityPool(
-            name, project=args.project, workload_identity_pool_id=f"{args.prefix}-github",
+            name, project=args.project, workload_identity_pool_id=unique_name(f"{name}-pool", f"{args.prefix}-github",
+                                                                              child),
             display_name="GitHub Actions", description=f"Jobs of {args.github.repository}", opts=child)
         provider = gcp.iam.WorkloadIdentityPoolProvider(
             name, project=args.project, workload_identity_pool_id=pool.workload_identity_pool_id,
-            workload_identity_pool_provider_id="github",
+            workload_identity_pool_provider_id=unique_name(f"{name}-provider", "github", child),
             display_name="GitHub Actions OIDC",
             attribute_mapping={"google.subject": "assertion.sub", "attribute.repository": "assertion.repository",
                                "attribute.ref": "assertion.ref"},
@@ -60,11 +66,12 @@ class GithubFederation(pulumi.ComponentResource):
         emails: dict[str, pulumi.Output[str]] = {}
         for purpose, subjects in args.github.subjects().items():
             emails[purpose] = self._account(name, args, pool.name, purpose, subjects, PROJECT_ROLES[purpose])
+        self.models_member = pulumi.Output.concat("serviceAccount:", emails["models"])
         repository = args.repository
         gcp.artifactregistry.RepositoryIamMember(
             f"{name}-models-push", project=args.project, location=repository.location,
             repository=repository.repository_id, role="roles/artifactregistry.writer",
-            member=pulumi.Output.concat("serviceAccount:", emails["models"]), opts=child)
+            member=self.models_member, opts=child)
         self.identities = CiIdentities(
             outputs={"workloadIdentityProvider": provider.name,
                      **{f"{purpose}ServiceAccount": email for purpose, email in emails.items()}},
@@ -88,3 +95,33 @@ class GithubFederation(pulumi.ComponentResource):
                                    member=account.member, opts=child)
         return account.email
 
+
+
+@dataclass(frozen=True)
+class ModelsValuesArgs:
+    project: str
+    secret_id: str
+    reader: pulumi.Input[str]  # IAM member allowed to read (the `models` account)
+    values: pulumi.Input[str]  # a secret JSON document
+
+
+class ModelsValues(pulumi.ComponentResource):
+    """What the model pipeline needs (MLflow URL and its own login, kubeconfig, registry) as one secret
+    that only `models` may access; `reference` (projects/<project>/secrets/<id>) is what it reads."""
+
+    reference: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ModelsValuesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:gcp:ModelsValues", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        secret = gcp.secretmanager.Secret(
+            name, project=args.project, secret_id=args.secret_id,
+            replication=gcp.secretmanager.SecretReplicationArgs(auto=gcp.secretmanager.SecretReplicationAutoArgs()),
+            opts=child)
+        gcp.secretmanager.SecretVersion(name, secret=secret.id, secret_data=pulumi.Output.secret(args.values),
+                                        opts=child)
+        # on the secret only: a project-wide accessor role would open every secret of the project
+        gcp.secretmanager.SecretIamMember(name, project=args.project, secret_id=secret.secret_id,
+                                          role="roles/secretmanager.secretAccessor", member=args.reader, opts=child)
+        self.reference = pulumi.Output.concat("projects/", args.project, "/secrets/", secret.secret_id)
+        self.register_outputs({"reference": self.reference})

@@ -13,6 +13,7 @@ import pulumi_gcp as gcp
 
 PODS_RANGE = "pods"
 SERVICES_RANGE = "services"
+DELETION_POLICY = "REMOVE_PEERING"
 PRIVATE_SERVICES_PREFIX = 20  # /20 reserved for Cloud SQL (and other managed services) in the VPC
 
 
@@ -79,6 +80,10 @@ class Network(pulumi.ComponentResource):
             network=self.network.id,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[services_range.name],
+            # Cloud SQL holds the connection for days after its instance is deleted, so a plain delete
+            # fails the destroy; REMOVE_PEERING drops the VPC peering instead and the network can go
+            # ("ABANDON" would leave the peering, which blocks deleting the network)
+            deletion_policy=DELETION_POLICY,
             opts=child,
         )
         self.register_outputs({"network": self.network.id, "subnet": self.subnet.id})

@@ -1,7 +1,9 @@
-"""GCS buckets by purpose and the Artifact Registry repository model images are pushed to.
+"""GCS buckets by purpose and the Artifact Registry repository platform and model images are pushed to.
 
 Buckets: uniform bucket-level access (IAM only, no ACLs), public access prevention, versioning, and
 old versions deleted after a while. The repository has immutable tags, so a tag names one image.
+The program pushes its own images with the OAuth access token of the identity running Pulumi
+(user `oauth2accesstoken`, Artifact Registry's token login): no key is created.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
+
+from modules.images import RegistryAuth
+from modules.platform.contract import ImageRegistry
+
+TOKEN_USER = "oauth2accesstoken"  # Artifact Registry's username for an OAuth access token
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class Registry(pulumi.ComponentResource):
 
     url: pulumi.Output[str]
     repository: gcp.artifactregistry.Repository
+    image_registry: ImageRegistry  # the url with push credentials, for the program's image builds
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:gcp:Registry", name, None, opts)
@@ -85,4 +93,7 @@ class Registry(pulumi.ComponentResource):
                 role="roles/artifactregistry.reader", member=member, opts=pulumi.ResourceOptions(parent=self))
         self.url = pulumi.Output.concat(repository.location, "-docker.pkg.dev/", args.project, "/",
                                         repository.repository_id)
+        # the access token of whoever runs `pulumi up` (ADC, or CI's infra account): valid ~1 hour
+        token = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self)).access_token
+        self.image_registry = ImageRegistry(self.url, RegistryAuth(TOKEN_USER, pulumi.Output.secret(token)))
         self.register_outputs({"url": self.url})

@@ -1,4 +1,5 @@
-"""MLServer's MLflow runtime, answering requests the model rejects with 400 instead of 500.
+"""MLServer runtimes for registry models: `MLflowRuntime` answers requests the model rejects with
+400 instead of 500; `RegistryAliasRuntime` (below) serves the version a registry alias points at.
 
 The stock `mlserver_mlflow.MLflowRuntime` (1.7.1) lets decoding errors and MLflow's schema
 enforcement errors escape its V2 `predict`, so a request with a missing column or a string where
@@ -10,13 +11,25 @@ schema errors to a 400; this does the same for V2. Selected with MLSERVER_MODEL_
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import mlflow.pyfunc
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
 from mlserver.errors import InferenceError
-from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.logging import logger
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from mlserver_mlflow import MLflowRuntime as StockMLflowRuntime
+from prometheus_client import Counter, Gauge
 
 CLIENT_ERRORS = {ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
@@ -35,3 +48,181 @@ class MLflowRuntime(StockMLflowRuntime):
             if err.error_code in CLIENT_ERRORS:  # the input does not match the model's signature
                 raise InferenceError(err.message) from None
             raise
+
+
+# ---- serving a registry alias, following it as it moves (docs/decisions/0006-serve-by-alias.md) ----
+
+ALIAS_RUNTIME_NAME = "mlops_mlserver.RegistryAliasRuntime"
+MAX_RETRY_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class AliasSettings:
+    """`parameters.extra` of the model (env MLSERVER_MODEL_EXTRA): which alias to follow."""
+
+    model: str
+    alias: str
+    poll_seconds: float
+
+    @classmethod
+    def parse(cls, name: str, extra: Mapping[str, Any] | None) -> AliasSettings:
+        extra = extra or {}
+        missing = [key for key in ("registry_model", "alias") if not extra.get(key)]
+        if missing:
+            raise InferenceError(f"model {name!r}: parameters.extra (MLSERVER_MODEL_EXTRA) needs {missing}, "
+                                 'e.g. {"registry_model": "NEOs", "alias": "champion", "poll_seconds": 30}')
+        poll = float(extra.get("poll_seconds", 30))
+        if poll <= 0:
+            raise InferenceError(f"model {name!r}: parameters.extra.poll_seconds {poll} must be positive")
+        return cls(str(extra["registry_model"]), str(extra["alias"]), poll)
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """Everything a request reads from the runtime, for one registry version, swapped as one."""
+
+    version: str
+    run_id: str | None
+    pyfunc: Any
+    directory: str
+
+
+class _Metrics:
+    """Gauge of the served version and counter of failed loads, in prometheus_client's default
+    registry: with MLSERVER_PARALLEL_WORKERS=0 that is the one MLServer's metrics endpoint serves
+    (mlserver.metrics.register only makes histograms, exported in multi-process mode only)."""
+
+    def __init__(self) -> None:
+        self.version_info = Gauge("mlops_model_version_info", "Registry version a model server serves (1)",
+                                  ["model", "alias", "version"])
+        self.load_failures = Counter("mlops_model_load_failures_total",
+                                     "Failed look-ups or loads of the version an alias points at; the "
+                                     "previous version keeps serving", ["model", "alias", "stage"])
+
+
+_METRICS: _Metrics | None = None
+
+
+def _metrics() -> _Metrics:
+    global _METRICS
+    if _METRICS is None:  # once per process: MLServer may instantiate the runtime again on reload
+        _METRICS = _Metrics()
+    return _METRICS
+
+
+def _download_and_load(model: str, version: ModelVersion) -> LoadedVersion:
+    """Blocking: download the version's artifacts through the tracking server (its mlflow-artifacts:/
+    URIs are proxied, so only MLflow credentials are needed) and load them. Runs in a thread."""
+    directory = tempfile.mkdtemp(prefix=f"mlops-{model}-{version.version}-")
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model}/{version.version}", dst_path=directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return LoadedVersion(str(version.version), version.run_id, pyfunc, directory)
+
+
+class RegistryAliasRuntime(MLflowRuntime):
+    """Serves `models:/<registry_model>@<alias>` and follows the alias without a restart.
+
+    Every `poll_seconds` it looks the alias up; a new version is downloaded and loaded in a thread
+    while the current one keeps answering, then swapped in on the event loop between two requests
+    (the stock predict has no await between decoding and predicting, so a request sees one version
+    from start to end). A failed look-up or load keeps the current version, counts
+    `mlops_model_load_failures_total` and is retried with backoff. Needs MLSERVER_PARALLEL_WORKERS=0:
+    with inference workers each worker would poll on its own and the main process caches metadata.
+    Credentials: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD (a READ-only user).
+    """
+
+    _poller: asyncio.Task | None = None
+    _current: LoadedVersion | None = None
+
+    async def load(self) -> bool:
+        if multiprocessing.parent_process() is not None:
+            raise InferenceError(f"{ALIAS_RUNTIME_NAME} runs in MLServer's main process only: "
+                                 "set MLSERVER_PARALLEL_WORKERS=0")
+        self._alias = AliasSettings.parse(self.name, self._settings.parameters and self._settings.parameters.extra)
+        self._failed: dict[str, tuple[int, float]] = {}  # version -> (attempts, next retry time)
+        metrics = _metrics()
+        for stage in ("resolve", "load"):  # 0-valued series, so increase() sees the first failure
+            metrics.load_failures.labels(self._alias.model, self._alias.alias, stage)
+        version = await asyncio.to_thread(self._resolve)  # a failure here fails the start: nothing to keep
+        self._apply(await asyncio.to_thread(_download_and_load, self._alias.model, version))
+        self._poller = asyncio.get_running_loop().create_task(self._follow())
+        return True
+
+    async def unload(self) -> bool:
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._current is not None:
+            shutil.rmtree(self._current.directory, ignore_errors=True)
+        return True
+
+    def _resolve(self) -> ModelVersion:
+        return MlflowClient().get_model_version_by_alias(self._alias.model, self._alias.alias)
+
+    def _apply(self, loaded: LoadedVersion) -> None:
+        """Swap in a loaded version: synchronous, so no request interleaves with it."""
+        previous = self._current
+        self._model = loaded.pyfunc
+        self._input_schema = loaded.pyfunc.metadata.get_input_schema()
+        self._signature = loaded.pyfunc.metadata.signature
+        self._sync_metadata()
+        self._current = loaded
+        a, gauge = self._alias, _metrics().version_info
+        gauge.labels(a.model, a.alias, loaded.version).set(1)
+        if previous is not None:
+            if previous.version != loaded.version:
+                gauge.remove(a.model, a.alias, previous.version)
+            shutil.rmtree(previous.directory, ignore_errors=True)
+        logger.info(f"model {self.name!r}: serving models:/{a.model}/{loaded.version} (alias {a.alias!r})")
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._alias.poll_seconds)
+            try:
+                await self.refresh()
+            except Exception:  # keep following: one bad round must not stop the poller for good
+                logger.exception(f"model {self.name!r}: following models:/{self._alias.model}@{self._alias.alias}")
+
+    async def refresh(self) -> None:
+        """One look-up of the alias, and a load + swap if it moved to a version not failed recently."""
+        a = self._alias
+        try:
+            version = await asyncio.to_thread(self._resolve)
+        except Exception as err:  # MLflow unreachable, alias deleted, credentials revoked
+            _metrics().load_failures.labels(a.model, a.alias, "resolve").inc()
+            logger.error(f"model {self.name!r}: cannot resolve models:/{a.model}@{a.alias}, still serving "
+                         f"version {self._current.version}: {err}")
+            return
+        if str(version.version) == self._current.version:
+            self._failed.clear()
+            return
+        attempts, retry_at = self._failed.get(str(version.version), (0, 0.0))
+        if time.monotonic() < retry_at:
+            return
+        try:
+            loaded = await asyncio.to_thread(_download_and_load, a.model, version)
+        except Exception as err:  # missing or corrupt artifacts, incompatible flavour, ...
+            delay = min(self._alias.poll_seconds * 2 ** attempts, MAX_RETRY_SECONDS)
+            self._failed[str(version.version)] = (attempts + 1, time.monotonic() + delay)
+            _metrics().load_failures.labels(a.model, a.alias, "load").inc()
+            logger.error(f"model {self.name!r}: loading models:/{a.model}/{version.version} (alias {a.alias!r}) failed, "
+                         f"still serving version {self._current.version}; retry in {delay:.0f} s: {err!r}")
+            return
+        self._apply(loaded)
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        served = self._current
+        response = await super().predict(payload)
+        response.model_version = served.version
+        return response
+
+    async def metadata(self) -> MetadataModelResponse:
+        metadata = await super().metadata()
+        served, a = self._current, self._alias
+        metadata.versions = [served.version]
+        parameters = metadata.parameters.model_dump() if metadata.parameters else {}
+        metadata.parameters = Parameters(**parameters, registry_model=a.model, alias=a.alias,
+                                         version=served.version, run_id=served.run_id)
+        return metadata
