@@ -54,7 +54,8 @@ GCE_ARM_SERIES = ("t2a", "c4a", "n4a")
 # ≈0.9, python:3.11-slim ≈0.05 — plus the layers each Dockerfile adds: drivers; the workloads'
 # pinned scientific stack ≈0.25; mnist's CPU torch ≈0.45).
 IMAGE_GIB = {"mlflow-server": 0.4, "mlserver": 1.0, "energy": 0.3, "neo": 0.3, "mnist": 0.5}
-VERSIONS_KEPT = 3  # content-tagged builds kept per image (immutable tags, no expiry); shared layers make it an upper bound
+# content-tagged builds kept per image (immutable tags, no expiry); shared layers make it an upper bound
+VERSIONS_KEPT = 3
 
 
 def _problem(key: str, value: Any, message: str) -> str:

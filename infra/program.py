@@ -119,7 +119,9 @@ def declare(config: StackConfig) -> None:
                           admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
 
     engine = _serving_engine(config, gateway, namespaces.names["seldon"], images, k8s_opts)
-    model_urls = _models(config, engine, platform, object_store, namespaces, serving_access, mlflow.url, k8s_opts)
+    model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
+                         RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
+                         users.ready, k8s_opts)
 
     pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
                 "kubeconfig": cluster.kubeconfig, "registryUrl": platform.registry_url}
@@ -324,10 +326,11 @@ def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:
 
 
 def _models(config: StackConfig, engine: ServingEngine, platform, object_store: ObjectStore,
-            namespaces: Namespaces, access: BucketAccess, tracking_uri: pulumi.Input[str],
+            namespaces: Namespaces, access: BucketAccess, registry: RegistryAccess, reader: pulumi.Resource,
             opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
     """The service account model servers share, bucket credentials only if a model is pinned to an
-    artifact URI (alias models read through MLflow), then one deployment per model."""
+    artifact URI (alias models read through MLflow, as the user the `reader` Job creates), then
+    one deployment per model."""
     serving_ns = namespaces.names["serving"]
     k8s.core.v1.ServiceAccount(
         "model-server-account",
@@ -338,13 +341,13 @@ def _models(config: StackConfig, engine: ServingEngine, platform, object_store: 
     models = config.serving.models
     pinned = any(s is not None and s.uri is not None for m in models.values() for s in (m.source, m.candidate))
     storage_secret = _storage_secret(object_store, access, serving_ns, opts) if pinned else None
-    registry = RegistryAccess(tracking_uri=tracking_uri, credentials_secret=MODEL_READER_SECRET)
     poll = config.serving.registry.poll_seconds
     urls = {}
     for name, model in models.items():
         args = replace(_deployment_args(model, serving_ns, storage_secret, registry, poll),
                        placement=platform.placement("workload").pod_spec())  # model servers: workload pool
-        urls[name] = engine.deploy(name, args, opts=opts).url
+        after = pulumi.ResourceOptions.merge(opts, kube.after([reader])) if model.aliases else opts
+        urls[name] = engine.deploy(name, args, opts=after).url
     return urls
 
 

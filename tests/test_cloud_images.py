@@ -219,7 +219,8 @@ def test_gke_models_account_reads_its_secret_and_no_state():
     p = plan("gke")
     models = "serviceAccount:" + p.outputs["ciIdentities"]["modelsServiceAccount"]
     [secret] = p.of_type("gcp:secretmanager/secret:Secret")
-    assert p.outputs["ciIdentities"]["modelsStackValues"] == f"projects/my-mlops-project/secrets/{secret['inputs']['secretId']}"
+    reference = f"projects/my-mlops-project/secrets/{secret['inputs']['secretId']}"
+    assert p.outputs["ciIdentities"]["modelsStackValues"] == reference
     grants = [r for r in p.resources if r["inputs"].get("member") == models]
     kinds = {(r["type"], r["inputs"]["role"]) for r in grants}
     assert ("gcp:secretmanager/secretIamMember:SecretIamMember", "roles/secretmanager.secretAccessor") in kinds
@@ -355,7 +356,8 @@ def test_registry_storage_is_priced_from_the_images_the_stack_builds(raw):
     workloads = {"workloads": {"energy": {"enabled": True}, "mnist": {"enabled": True},
                                "neo": {"enabled": True, "dataUrl": "https://data.example.org/neo/nasa.csv"}}}
     with_workloads = _registry_line({**raw, **workloads})
-    assert with_workloads.item == f"{stored + sum(IMAGE_GIB[n] for n in WORKLOAD_IMAGES) * VERSIONS_KEPT:g} GiB of images"
+    stored_all = stored + sum(IMAGE_GIB[n] for n in WORKLOAD_IMAGES) * VERSIONS_KEPT
+    assert with_workloads.item == f"{stored_all:g} GiB of images"
     assert with_workloads.monthly > _registry_line(raw).monthly
 
 

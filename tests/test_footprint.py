@@ -72,7 +72,7 @@ def test_a_served_model_adds_model_executor_and_storage_initializer(dev, dev_wit
     assert [c.name for c in pod.init_containers] == ["model-initializer"]
     before, _ = requests_of(dev)
     after, _ = requests_of(dev_with_model)
-    assert after["memory_mib"] - before["memory_mib"] == pod.requests()[1] == 256 + executor.memory_mib
+    assert after["memory_mib"] - before["memory_mib"] == pod.requests()[1] == 512 + executor.memory_mib
 
 
 def test_an_autoscaled_model_counts_its_minimum_and_a_shadow_runs_too():

@@ -372,14 +372,14 @@ def test_the_reader_gets_read_on_each_model_served_by_alias(full_stack):
     served = {s.model for m in config.serving.models.values() for s in m.aliases}
     assert served, "the full stack serves a model by alias"
     state = json.loads(invocation(plan)[1]["MLOPS_USERS_STATE"])
-    (reader,) = state["users"]
-    assert reader["username"] == "model-reader"
+    reader = next(u for u in state["users"] if u["username"] == "model-reader")
     assert {(p["kind"], p["name"], p["permission"]) for p in reader["permissions"]} == {
         ("registered_model", name, "READ") for name in served}
     secret = plan.manifest("Secret", MODEL_READER_SECRET, config.namespaces.serving)
     assert secret["stringData"] == {"username": "model-reader", "password": reader["password"]}
-    passwords = [r for r in plan.of_type("random:index/randomPassword:RandomPassword") if "mlflow-users" in r["name"]]
-    assert [r["protect"] for r in passwords] == [True]  # prod: kept from `pulumi destroy`
+    password = next(r for r in plan.of_type("random:index/randomPassword:RandomPassword")
+                    if r["name"] == "mlflow-users-model-reader-password")
+    assert password["protect"]  # prod: kept from `pulumi destroy`
     assert reader["password"] not in json.dumps(plan.outputs)  # exported nowhere in plain text
 
 

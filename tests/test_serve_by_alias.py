@@ -91,6 +91,15 @@ def test_alias_model_is_a_custom_mlserver_node_without_bucket_credentials(plan):
     assert "model-storage" not in serving_secrets
 
 
+def test_alias_models_wait_for_the_job_that_creates_their_reader(plan):
+    [deployment] = [r for r in plan.resources if (r.get("manifest") or {}).get("kind") == "SeldonDeployment"]
+    jobs = {r["urn"] for r in plan.resources if (r.get("manifest") or {}).get("kind") == "Job"
+            and r["manifest"]["metadata"]["namespace"] == "mlflow"}
+    assert jobs & set(deployment.get("depends_on") or ()), deployment.get("depends_on")
+    reader = plan.manifest("Secret", "mlflow-model-reader", "serving")
+    assert {"username", "password"} <= set(reader.get("stringData") or reader.get("data") or {})
+
+
 @pytest.mark.parametrize("stack", ["full", "full-dev"])
 def test_full_stacks_serve_neo_by_alias_and_keep_a_pinned_model_where_set(stack):
     plan = run_program(stack, stack_config(stack, STACKS))

@@ -4,7 +4,9 @@
 - artifacts proxied (`--serve-artifacts`): clients talk only to MLflow, never to the bucket;
 - built-in basic auth (`--app-name basic-auth`), admin password from a Pulumi secret;
 - Prometheus metrics (`--expose-prometheus`) on `/metrics`;
-- schema migrations in a Job that runs before the Deployment rolls, so replicas never race.
+- schema migrations of both databases (tracking and auth) in a Job that runs before the
+  Deployment rolls: a server then finds both at head and runs no DDL, so replicas never race;
+- verified credentials cached per worker for AUTH_CACHE_TTL_SECONDS (docs/decisions/0011).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from modules.platform.contract import Database, ObjectStore
 PORT = 5000
 UID = 10001  # the non-root user of modules/mlflow/image/Dockerfile
 AUTH_DATABASE = "mlflow_auth"
+# basic-auth's own cache of successful checks (keyed by user + HMAC of the password; failures are
+# never cached): a changed or removed password is refused everywhere within this time
+AUTH_CACHE_TTL_SECONDS = 30
+# both migrations, in order; the auth one is the step `mlflow server` would otherwise run on start
+MIGRATE_COMMAND = ('mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI" && '
+                   'exec python -m mlflow.server.auth db upgrade --url "$MLFLOW_AUTH_DATABASE_URI"')
 
 
 @dataclass(frozen=True)
@@ -56,13 +64,14 @@ def _postgres_uri(db: Database, database: str) -> pulumi.Output[str]:
     )
 
 
-def auth_ini(database_uri: str, default_permission: str) -> str:
+def auth_ini(database_uri: str, default_permission: str, cache_ttl_seconds: int = AUTH_CACHE_TTL_SECONDS) -> str:
     """The basic-auth app's config; the admin user comes from MLFLOW_AUTH_ADMIN_* env vars."""
     return (
         "[mlflow]\n"
         f"default_permission = {default_permission}\n"
         f"database_uri = {database_uri}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_ttl_seconds}\n"
     )
 
 
@@ -107,6 +116,7 @@ class Mlflow(pulumi.ComponentResource):
         creds = args.artifacts.credentials.get(args.client)
         secret_data: dict[str, pulumi.Input[str]] = {
             "backend-store-uri": _postgres_uri(args.database, args.database.name),
+            "auth-database-uri": _postgres_uri(args.database, AUTH_DATABASE),
             "auth.ini": _postgres_uri(args.database, AUTH_DATABASE).apply(
                 lambda uri: auth_ini(uri, args.default_permission)
             ),
@@ -149,8 +159,8 @@ class Mlflow(pulumi.ComponentResource):
                             {
                                 "name": "db-upgrade",
                                 "image": args.image,
-                                "command": ["sh", "-c", 'exec mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"'],
-                                "env": env,
+                                "command": ["sh", "-c", MIGRATE_COMMAND],
+                                "env": self._migrate_env(secret.metadata.name),
                                 "resources": args.resources,
                                 "security_context": kube.CONTAINER_SECURITY,
                                 "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
@@ -206,6 +216,14 @@ class Mlflow(pulumi.ComponentResource):
         )
         self.register_outputs({"url": self.url, "port_forward": self.port_forward,
                                "deployment": deployment.metadata.name})
+
+    @staticmethod
+    def _migrate_env(secret: pulumi.Input[str]) -> list[dict[str, Any]]:
+        """Only the two database URIs: without MLFLOW_AUTH_CONFIG_PATH the auth package reads its
+        bundled defaults on import, so the Job needs no auth.ini (the `--url` names the database)."""
+        return [kube.secret_env("MLFLOW_BACKEND_STORE_URI", secret, "backend-store-uri"),
+                kube.secret_env("MLFLOW_AUTH_DATABASE_URI", secret, "auth-database-uri"),
+                *kube.env({"HOME": "/tmp"})]
 
     @staticmethod
     def _env(args: MlflowArgs, secret: pulumi.Input[str], with_static_keys: bool) -> list[dict[str, Any]]:

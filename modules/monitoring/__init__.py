@@ -194,7 +194,10 @@ class Monitoring(pulumi.ComponentResource):
             "alertmanager": {"alertmanagerSpec": alertmanager_spec | place},
             "grafana": grafana | place,
             "prometheusOperator": {"resources": r["operator"], **place,
-                                   "admissionWebhooks": {"patch": {"resources": r["small"], **place}}},
+                                   "admissionWebhooks": {"patch": {"resources": r["small"], **place}},
+                                   # the reloader sidecars of Prometheus and Alertmanager; empty resources
+                                   # become --config-reloader-*=0, i.e. containers without requests
+                                   "prometheusConfigReloader": {"resources": r["small"]}},
             "kube-state-metrics": {"resources": r["kube_state_metrics"], **place},
             # a DaemonSet on every node: the chart's own toleration (any NoSchedule taint) is kept
             "prometheus-node-exporter": {"resources": r["node_exporter"]},

@@ -78,7 +78,7 @@ class ModelDeploymentArgs:
     source: ModelSource
     replicas: int = 1
     resources: Mapping[str, Mapping[str, str]] = field(
-        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+        default_factory=lambda: {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
     )
     autoscaling: Autoscaling | None = None
     # a second version next to the main one: "shadow" gets a copy of the traffic, "canary" a share
