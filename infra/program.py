@@ -14,11 +14,11 @@ from pydantic import SecretStr
 from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackConfig
 from infra.images import StackImages, declare_images
 from infra.platforms import host_access, make_platform
-from infra.workloads import declare_workloads
+from infra.workloads import declare_mnist_demo, declare_workloads
 from modules import kube
 from modules.ci.github import GithubOidc
 from modules.ci.rbac import ModelDeployerAccess
-from modules.ci.runners import GithubRunners, RunnersArgs
+from modules.ci.runners import BuilderArgs, GithubRunners, RunnersArgs
 from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls, public_url
 from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
@@ -36,12 +36,14 @@ from modules.serving.contract import (
     RegistryModel,
     ServingEngine,
 )
+from modules.serving.kserve import KServe, KServeArgs
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
 
 MODEL_SERVER_ACCOUNT = "model-server"
 # the read-only MLflow user alias models log in as (keys username, password, in the serving namespace)
 MODEL_READER_SECRET = "mlflow-model-reader"
 SELDON_NAMESPACE = "seldon-system"
+KSERVE_NAMESPACE = "kserve"
 CI_MLFLOW_USER = "ci-models"  # the model pipeline's MLflow login (Secret CI_MLFLOW_SECRET in MLflow's namespace)
 CI_MLFLOW_SECRET = "mlflow-ci-models"
 # workload -> (experiment, registered model) its training writes (EXPERIMENT, MODEL_NAME in workloads/*/train.py)
@@ -63,8 +65,9 @@ def declare(config: StackConfig) -> None:
             "platform": (ns.platform, "restricted"),
             "mlflow": (ns.mlflow, "restricted"),
             "serving": (ns.serving, "baseline"),
-            # the operator's release namespace: Helm creates none, and the chart has no template for it
-            "seldon": (SELDON_NAMESPACE, "restricted"),
+            # the engine's release namespace: Helm creates none, and the charts have no template for it
+            **({"kserve": (KSERVE_NAMESPACE, "restricted")} if config.serving.engine == "kserve"
+               else {"seldon": (SELDON_NAMESPACE, "restricted")}),
             # node-exporter reads the host; without it (Autopilot) the chart's pods meet baseline
             "monitoring": (ns.monitoring, "privileged" if host_access(config) else "baseline"),
             **({"workloads": (ns.workloads, "restricted")} if config.workloads.any_enabled else {}),
@@ -118,10 +121,11 @@ def declare(config: StackConfig) -> None:
         declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
                           admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
 
-    engine = _serving_engine(config, gateway, namespaces.names["seldon"], images, k8s_opts)
+    engine = _serving_engine(config, gateway, namespaces, images, object_store, monitoring, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
                          RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
                          users.ready, k8s_opts)
+    declare_mnist_demo(config, gateway, namespaces.names["serving"], k8s_opts)
 
     pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
                 "kubeconfig": cluster.kubeconfig, "registryUrl": platform.registry_url}
@@ -142,7 +146,7 @@ def declare(config: StackConfig) -> None:
         pulumi.export("mlflowCiPassword", users.passwords[CI_MLFLOW_USER])
     pulumi.export("grafanaUrl", gateway.url(f"grafana.{domain}"))
     pulumi.export("grafanaAdminPassword", grafana_password)
-    pulumi.export("modelsBaseUrl", f"{gateway.url(f'models.{domain}')}/seldon/{ns.serving}/")
+    pulumi.export("modelsBaseUrl", f"{gateway.url(f'models.{domain}')}/{config.serving.engine}/{ns.serving}/")
     if gateway.port_forward is not None:
         pulumi.export("gatewayPortForward", gateway.port_forward)
     pulumi.export("modelUrls", model_urls)
@@ -217,6 +221,8 @@ def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str],
             controller_resources=r.controller_resources.to_k8s(),
             deploy_scope=r.deploy_scope,
             serving_namespace=serving_ns,
+            builder=BuilderArgs(r.builder.image.ref, r.builder.resources.to_k8s(),
+                                tuple(r.builder.insecure_registries)) if r.builder.enabled else None,
         ), opts=opts)
 
 
@@ -290,19 +296,23 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
             runbook_base_url=m.runbook_base_url,
             node_level=host_access(config),
             placement=platform.placement("system").pod_spec(),
+            alerting=m.alerting.args(),
         ),
         opts=opts,
     )
 
 
-def _serving_engine(config: StackConfig, gateway: IstioGateway, namespace: pulumi.Output[str],
-                    images: StackImages, opts: pulumi.ResourceOptions) -> ServingEngine:
+def _serving_engine(config: StackConfig, gateway: IstioGateway, namespaces: Namespaces, images: StackImages,
+                    object_store: ObjectStore, monitoring: Monitoring, opts: pulumi.ResourceOptions) -> ServingEngine:
     s = config.serving.seldon
     mlserver = images.resolve("serving.seldon.mlserverImage", s.mlserver_image)
+    if config.serving.engine == "kserve":
+        return _kserve(config, gateway, namespaces, object_store, monitoring,
+                       pulumi.Output.concat(mlserver.repository, ":", mlserver.version), opts)
     return SeldonCore(
         "serving",
         SeldonCoreArgs(
-            namespace=namespace,
+            namespace=namespaces.names["seldon"],
             version=s.version,
             istio_gateway=gateway.gateway,
             gateway_host=gateway.url(f"models.{config.gateway.domain}"),
@@ -310,6 +320,37 @@ def _serving_engine(config: StackConfig, gateway: IstioGateway, namespace: pulum
             executor_resources=s.executor_resources.model_dump(),
             mlserver_image=(mlserver.repository, mlserver.version),
             mlflow_runtime=s.mlflow_runtime,
+        ),
+        opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])),
+    )
+
+
+def _kserve(config: StackConfig, gateway: IstioGateway, namespaces: Namespaces, object_store: ObjectStore,
+            monitoring: Monitoring, mlserver: pulumi.Input[str], opts: pulumi.ResourceOptions) -> KServe:
+    k, g = config.serving.kserve, config.gateway
+    pinned = any(s is not None and s.uri is not None for m in config.serving.models.values()
+                 for s in (m.source, m.candidate))
+    return KServe(
+        "serving",
+        KServeArgs(
+            namespace=namespaces.names["kserve"],
+            models_namespace=namespaces.names["serving"],
+            version=k.version,
+            istio_gateway=gateway.gateway,
+            gateway_host=gateway.url(f"models.{g.domain}"),
+            models_host=f"models.{g.domain}",
+            tls=gateway.tls,
+            controller_resources=k.controller_resources.to_k8s(),
+            rbac_proxy_resources=k.rbac_proxy_resources.to_k8s(),
+            mlserver_image=mlserver,
+            mlflow_runtime=config.serving.seldon.mlflow_runtime,
+            cert_manager_version=g.tls.cert_manager_version,
+            cert_manager_resources=config.monitoring.resources.small.to_k8s(),
+            cert_manager=gateway.cert_manager,
+            deployment_mode=k.deployment_mode,
+            scale_to_zero=k.scale_to_zero,
+            s3_endpoint=object_store.endpoint_url if pinned and object_store.credentials else None,
+            monitoring=(monitoring,),
         ),
         opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])),
     )

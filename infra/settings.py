@@ -19,7 +19,8 @@ from infra.images import image_problems
 PROJECT = "mlops-stack"
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
 SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"),
-                ("ci", "runners", "githubToken"), ("images", "password"))
+                ("ci", "runners", "githubToken"), ("images", "password"), ("database", "external", "password"),
+                ("monitoring", "alerting", "receivers", "*", "credential"))  # "*": any key
 
 
 class ConfigError(Exception):
@@ -90,8 +91,12 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or n for n, f in model.model_fields.items())
 
 
+def _matches(loc: tuple[Any, ...], path: tuple[str, ...]) -> bool:
+    return len(loc) >= len(path) and all(p in ("*", part) for part, p in zip(loc, path))
+
+
 def _is_secret_path(loc: tuple[Any, ...]) -> bool:
-    return any(loc[: len(p)] == p for p in SECRET_PATHS)
+    return any(_matches(loc, p) for p in SECRET_PATHS)
 
 
 def _redacted(loc: tuple[Any, ...], value: Any) -> Any:
@@ -127,6 +132,17 @@ def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
+def _concrete(tree: Mapping[str, Any], path: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The paths of `tree` that `path` (with "*" for any key) names and that hold a value."""
+    if "*" not in path:
+        return [path] if _lookup(tree, path) is not None else []
+    at = path.index("*")
+    node = _lookup(tree, path[:at])
+    if not isinstance(node, Mapping):
+        return []
+    return [c for key in node for c in _concrete(tree, (*path[:at], str(key), *path[at + 1:]))]
+
+
 def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
     """Checks that span keys or depend on how a value was stored."""
     problems = []
@@ -149,8 +165,8 @@ def _cross_checks(merged: Mapping[str, Any], secret_top: set[str]) -> list[str]:
             f"{PROJECT}:ci.github: set, but platform is {json.dumps(platform)}; keyless cloud identities "
             "exist only on gke and eks: allowed unset here (use ci.runners for in-cluster runners)"
         )
-    for path in SECRET_PATHS:
-        if _lookup(merged, path) is not None and path[0] not in secret_top:
+    for path in (c for p in SECRET_PATHS for c in _concrete(merged, p)):
+        if path[0] not in secret_top:
             problems.append(
                 f"{PROJECT}:{'.'.join(path)}: stored in plain text; allowed: an encrypted value, set "
                 f"with `pulumi config set --secret --path '{'.'.join(path)}' <value>`"
@@ -293,10 +309,44 @@ def config_warnings(config: StackConfig) -> list[str]:
     """Settings allowed outside prod that a reviewer should see (the program logs them with
     `pulumi.log.warn`; the offline plan's summary lists them)."""
     section = CLOUD_SECTION.get(config.platform)
+    alerting = config.monitoring.alerting.warnings()
     if section is not None and _open_control_plane(config, section):
         return [f"{PROJECT}:{section}.authorizedNetworks: [] with a public endpoint: the Kubernetes API of this "
                 f"{config.environment} cluster accepts connections from any address (allowed outside prod; "
-                f"set CIDRs or {section}.privateEndpoint true to close it)"]
+                f"set CIDRs or {section}.privateEndpoint true to close it)", *alerting]
+    return database_warnings(config) + alerting
+
+
+def _database_checks(config: StackConfig) -> list[str]:
+    """In-cluster database settings CloudNativePG or the target cannot honour."""
+    db, problems = config.database, []
+    if config.platform in CLOUD_SECTION:
+        if db.external is not None:
+            problems.append(_problem("database.external", {"host": db.external.host}, "the clouds run a managed "
+                                     "database: allowed on minikube and existing only"))
+        return problems
+    if db.external is None and db.backup.enabled and db.backup.time_zone not in ("Etc/UTC", "UTC"):
+        problems.append(_problem("database.backup.timeZone", db.backup.time_zone,
+                                 "CloudNativePG 1.30's ScheduledBackup has no time zone (it runs in UTC): allowed "
+                                 "Etc/UTC, with database.backup.schedule written in UTC"))
+    if config.platform == "minikube" and db.external is None and db.instances > 1 and db.anti_affinity == "required":
+        problems.append(_problem("database.antiAffinity", db.anti_affinity,
+                                 f"minikube has one node, so {db.instances - 1} of {db.instances} instances would "
+                                 "never schedule: allowed preferred, or database.instances 1"))
+    return problems
+
+
+def database_warnings(config: StackConfig) -> list[str]:
+    """Database settings that work but do not give what they suggest."""
+    db = config.database
+    if config.platform in CLOUD_SECTION:
+        return []
+    if db.external is not None:
+        return [f"{PROJECT}:database.external: backups of {db.external.host} are the server's own; the stack "
+                "archives nothing of it (database.backup, database.instances are not used)"] if db.backup.enabled else []
+    if config.platform == "minikube" and db.instances > 1:
+        return [f"{PROJECT}:database.instances: {db.instances} instances on minikube's one node: a node failure "
+                "takes every instance (no failover across nodes; allowed for trying CloudNativePG out)"]
     return []
 
 
@@ -334,7 +384,7 @@ def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = Non
     except ValidationError as exc:
         problems.extend(_describe(e) for e in exc.errors())
         raise ConfigError(problems) from None
-    problems += _cloud_checks(config) + _gateway_checks(config) + (
+    problems += _cloud_checks(config) + _gateway_checks(config) + _database_checks(config) + (
         _name_checks(config, stack) if stack is not None else [])
     problems += image_problems(config)
     if problems:

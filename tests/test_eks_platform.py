@@ -166,7 +166,7 @@ def test_prod_refuses_an_open_control_plane_and_names_the_keys():
 def test_prod_restricts_the_public_endpoint_and_dev_warns_in_the_plan(plan_of):
     vpc = named(plan_of("eks"), "aws:eks/cluster:Cluster", "eks")["inputs"]["vpcConfig"]
     assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["203.0.113.0/24"]
-    assert not plan_of("eks").warnings
+    assert not [w for w in plan_of("eks").warnings if "alerting" not in w]  # no receivers: tests/test_alerting.py
     [warning] = [w for w in dev().warnings if "aws.authorizedNetworks" in w]
     assert "accepts connections from any address" in warning
 

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, SecretStr, field_validator
 
+from infra.config.alerting import AlertingConfig
 from infra.config.base import Model, Resources
 
 
@@ -32,6 +33,8 @@ class MonitoringConfig(Model):
         description="where alerts' runbook links point, e.g. https://github.com/<org>/<repo>/blob/main; "
                     "unset = relative docs/runbooks.md#<alert>")
     resources: MonitoringResources
+    alerting: AlertingConfig = Field(default=AlertingConfig(),
+                                     description="Alertmanager receivers, routes, grouping and inhibitions")
 
     @field_validator("retention")
     @classmethod

@@ -16,6 +16,8 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from modules import kube
+from modules.monitoring import alerting
+from modules.monitoring.alerting import AlertingArgs
 
 HERE = Path(__file__).parent
 RULES = HERE / "rules"
@@ -60,6 +62,7 @@ class MonitoringArgs:
     # CoreDNS monitors; off where the cluster refuses both (GKE Autopilot)
     node_level: bool = True
     placement: Mapping[str, Any] = field(default_factory=dict)  # Placement.pod_spec() of every pod
+    alerting: AlertingArgs = field(default_factory=AlertingArgs)  # receivers, routes, inhibitions
 
 
 def rule_groups(path: Path, runbook_base_url: str | None) -> list[dict[str, Any]]:
@@ -102,6 +105,7 @@ class Monitoring(pulumi.ComponentResource):
             opts=kube.child(self),
         )
         after = kube.child(self, depends_on=[self.release])
+        self._alerting(name, args)
         for path in rule_files():
             k8s.apiextensions.CustomResource(
                 f"{name}-rules-{path.stem}",
@@ -150,6 +154,28 @@ class Monitoring(pulumi.ComponentResource):
             )
         self.register_outputs({"release": self.release.name})
 
+    def _alerting(self, name: str, args: MonitoringArgs) -> None:
+        """The AlertmanagerConfig the Alertmanager runs on (its CRD comes with the release), after the
+        Secret with the receivers' credentials it references (the operator reads it at once)."""
+        needs: list[pulumi.Resource] = [self.release]
+        data = alerting.credentials(args.alerting)
+        if data:
+            needs.append(k8s.core.v1.Secret(
+                f"{name}-alerting-credentials",
+                metadata=kube.metadata(alerting.CREDENTIALS_SECRET, args.namespace, "monitoring"),
+                type="Opaque",
+                string_data=data,
+                opts=kube.child(self),
+            ))
+        k8s.apiextensions.CustomResource(
+            f"{name}-alerting",
+            api_version="monitoring.coreos.com/v1alpha1",
+            kind="AlertmanagerConfig",
+            metadata=kube.metadata(alerting.CONFIG_NAME, args.namespace, "monitoring"),
+            spec=alerting.config_spec(args.alerting),
+            opts=kube.child(self, depends_on=needs),
+        )
+
     @staticmethod
     def _values(args: MonitoringArgs, admin_secret: pulumi.Input[str]) -> dict[str, Any]:
         r = args.resources
@@ -162,7 +188,7 @@ class Monitoring(pulumi.ComponentResource):
             "serviceMonitorSelectorNilUsesHelmValues": False,
             "podMonitorSelectorNilUsesHelmValues": False,
         }
-        alertmanager_spec: dict[str, Any] = {"resources": r["alertmanager"]}
+        alertmanager_spec: dict[str, Any] = {"resources": r["alertmanager"], **alerting.alertmanager_values()}
         grafana: dict[str, Any] = {
             "resources": r["grafana"],
             "admin": {"existingSecret": admin_secret, "userKey": "admin-user", "passwordKey": "admin-password"},
