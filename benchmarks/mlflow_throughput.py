@@ -131,6 +131,7 @@ def main() -> None:
     report = {"date": date.today().isoformat(),
               "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
                          f"Python {platform.python_version()}",
+              "load_average_1m": round(__import__('os').getloadavg()[0], 1),  # others' load skews the figures
               "seconds": args.seconds, "writers": args.writers, "workers": args.workers,
               "cache_ttl_seconds": AUTH_CACHE_TTL_SECONDS, "results": [asdict(r) for r in results]}
     out = ROOT / "benchmarks" / "results" / "mlflow_throughput.json"

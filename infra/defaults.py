@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-POSTGRES_IMAGE = {"repository": "docker.io/library/postgres", "tag": "17.6-bookworm"}
+# CloudNativePG 1.30.0's default operand image (pkg/versions/versions.go): the `system` flavour carries
+# barman-cloud 3.19.1, which the in-tree Barman Cloud backups need (docs/decisions/0002).
+POSTGRES_IMAGE = {"repository": "ghcr.io/cloudnative-pg/postgresql", "tag": "18.4-system-trixie"}
+CLOUDNATIVE_PG_CHART = "0.29.0"  # operator 1.30.0
 SEAWEEDFS_IMAGE = {"repository": "docker.io/chrislusf/seaweedfs", "tag": "4.47"}
-POSTGRES_EXPORTER_IMAGE = {"repository": "quay.io/prometheuscommunity/postgres-exporter", "tag": "v0.20.0"}
-AWS_CLI_IMAGE = {"repository": "public.ecr.aws/aws-cli/aws-cli", "tag": "2.32.23"}
 PUSHGATEWAY_IMAGE = {"repository": "quay.io/prometheus/pushgateway", "tag": "v1.11.1"}
 # GitHub's runner image; bump with each runner release (GitHub refuses runners older than ~30 days).
 RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"}
@@ -38,20 +39,24 @@ BASE: dict[str, Any] = {
     },
     "database": {
         "image": POSTGRES_IMAGE,
-        "exporterImage": POSTGRES_EXPORTER_IMAGE,
+        "operatorVersion": CLOUDNATIVE_PG_CHART,
+        "operatorResources": {"cpu": "50m", "memory": "128Mi", "memoryLimit": "256Mi"},
+        "instances": 1,
+        "synchronous": 0,
+        "antiAffinity": "preferred",
         "storageGi": 5,
         "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
         "backup": {
             "enabled": False,
-            "schedule": "0 2 * * *",
+            "schedule": "0 2 * * *",  # base backups; WALs are archived continuously
             "timeZone": "Etc/UTC",
             "retentionDays": 14,
-            "image": AWS_CLI_IMAGE,
         },
     },
     "objectStore": {
         "image": SEAWEEDFS_IMAGE,
         "storageGi": 10,
+        "replicas": 1,  # one all-in-one pod; staging/prod: the replicated topology
         "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
         "buckets": {"artifacts": "mlflow-artifacts", "datasets": "datasets", "backups": "backups"},
     },
@@ -152,8 +157,8 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
         },
     },
     "staging": {
-        "database": {"storageGi": 20, "backup": {"enabled": True}},
-        "objectStore": {"storageGi": 50},
+        "database": {"storageGi": 20, "instances": 2, "backup": {"enabled": True}},
+        "objectStore": {"storageGi": 50, "replicas": 3},
         "mlflow": {"replicas": 2},
         "gateway": {"tls": {"enabled": True}},
         "monitoring": {"retention": "7d", "storageGi": 20},
@@ -183,11 +188,16 @@ ENVIRONMENT: dict[str, dict[str, Any]] = {
     "prod": {
         "database": {
             "storageGi": 50,
+            # a primary and two standbys on three nodes; a commit waits for one of the standbys
+            "instances": 3,
+            "synchronous": 1,
+            "antiAffinity": "required",
             "resources": {"cpu": "500m", "memory": "1Gi", "memoryLimit": "2Gi"},
             "backup": {"enabled": True, "retentionDays": 30},
         },
         "objectStore": {
             "storageGi": 200,
+            "replicas": 3,
             "resources": {"cpu": "250m", "memory": "512Mi", "memoryLimit": "1Gi"},
         },
         "mlflow": {

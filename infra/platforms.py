@@ -19,7 +19,9 @@ from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import ClusterFacts, Platform
 
 WORKLOADS_DATABASE = "workloads"  # readings, weather and predictions of the energy workload
-from modules.platform.incluster import InClusterPlatform, InClusterSettings
+from modules.objectstore.external import ExternalStoreSettings
+from modules.platform.incluster import (ExternalDatabaseSettings, InClusterDatabase, InClusterPlatform,
+                                        InClusterSettings)
 
 if TYPE_CHECKING:
     from modules.platform.eks import EksSettings
@@ -66,14 +68,6 @@ def host_access(config: StackConfig) -> bool:
 
 def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
     db, store, k = config.database, config.object_store, config.kubernetes
-    backup = None
-    if db.backup.enabled:
-        backup = {
-            "schedule": db.backup.schedule,
-            "time_zone": db.backup.time_zone,
-            "retention_days": db.backup.retention_days,
-            "image": db.backup.image.ref,
-        }
     return InClusterSettings(
         context=k.context,
         kubeconfig=k.kubeconfig,
@@ -81,19 +75,32 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         protect=config.protected,
         database_name=db.name,
         database_user=db.username,
-        database_image=db.image.ref,
-        database_storage_gi=db.storage_gi,
-        database_resources=db.resources.to_k8s(),
+        database=_in_cluster_database(config),
         extra_databases=extra_databases(config),
-        backup=backup,
         store_image=store.image.ref,
         store_storage_gi=store.storage_gi,
         store_resources=store.resources.to_k8s(),
         buckets=store.buckets.model_dump(),
-        exporter_image=db.exporter_image.ref,
         monitoring_namespace=config.namespaces.monitoring,
         database_namespaces=[config.namespaces.workloads] if config.workloads.energy.enabled else [],
+        store_replicas=store.replicas,
+        store_external=ExternalStoreSettings(store.external.endpoint, store.external.region,
+                                             store.external.credentials_secret) if store.external else None,
     )
+
+
+def _in_cluster_database(config: StackConfig) -> InClusterDatabase | ExternalDatabaseSettings:
+    db = config.database
+    if db.external is not None:
+        e = db.external
+        return ExternalDatabaseSettings(host=e.host, port=e.port, sslmode=e.sslmode, username=e.username,
+                                        password=pulumi.Output.secret(e.password), client_image=db.image.ref)
+    backup = ({"schedule": db.backup.schedule, "retention_days": db.backup.retention_days}
+              if db.backup.enabled else None)
+    return InClusterDatabase(
+        image=db.image.ref, operator_version=db.operator_version, operator_resources=db.operator_resources.to_k8s(),
+        instances=db.instances, synchronous=db.synchronous, anti_affinity=db.anti_affinity,
+        storage_gi=db.storage_gi, resources=db.resources.to_k8s(), backup=backup)
 
 
 def extra_databases(config: StackConfig) -> list[str]:

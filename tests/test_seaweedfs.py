@@ -39,11 +39,11 @@ PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grp
               "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "metricsPort")
 
 
-def plan_with_buckets(stack: str, buckets: dict[str, str] | None = None) -> Plan:
+def plan_with_buckets(stack: str, buckets: dict[str, str] | None = None, replicas: int | None = None) -> Plan:
     values, secret_keys = stack_config(stack)
-    if buckets is not None:
-        store = json.loads(values.get("mlops-stack:objectStore", "{}"))
-        values = {**values, "mlops-stack:objectStore": json.dumps({**store, "buckets": buckets})}
+    store = json.loads(values.get("mlops-stack:objectStore", "{}"))
+    store |= ({"buckets": buckets} if buckets is not None else {}) | ({"replicas": replicas} if replicas else {})
+    values = {**values, "mlops-stack:objectStore": json.dumps(store)}
     return run_program(stack, (values, secret_keys), reveal_secrets=True)
 
 
@@ -53,7 +53,8 @@ def config_of(stack: str):
 
 @pytest.fixture(scope="module")
 def onprem() -> Plan:
-    return plan_with_buckets("onprem")
+    """The prod identities and buckets on the all-in-one pod (tests/test_seaweedfs_ha.py: replicated)."""
+    return plan_with_buckets("onprem", replicas=1)
 
 
 def container(plan: Plan, kind: str, name: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """SeaweedFS as the in-cluster S3 API (MinIO's community edition is unmaintained; see ADR 0001).
 
-`weed server -s3` runs master, volume server, filer and S3 gateway in one pod: small enough for a
-laptop, and the same image scales out to separate components later. Each client gets its own
-generated key pair limited to its buckets; a Job creates the buckets before anyone uses them.
+`replicas: 1`: `weed server -s3` runs master, volume server, filer and S3 gateway in one pod, small
+enough for a laptop. `replicas` ≥ 3: the same image as separate, replicated roles
+(modules/objectstore/replicated.py). Either way the S3 endpoint is the `seaweedfs` Service, each
+client gets its own generated key pair limited to its buckets, and a Job creates the buckets before
+anyone uses them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from modules import kube
+from modules.objectstore import replicated
 from modules.platform.contract import S3Credentials
 
 UID = 1000
@@ -48,6 +51,7 @@ class SeaweedFsArgs:
     storage_class: str | None = None
     protect: bool = False
     monitoring_namespace: pulumi.Input[str] | None = None  # may reach the metrics port
+    replicas: int = 1  # 1: all-in-one; ≥ 3: replicated roles, `replicas` volume servers
 
 
 def _actions(identity: S3Identity) -> list[str]:
@@ -133,6 +137,86 @@ class SeaweedFs(pulumi.ComponentResource):
             opts=kube.child(self),
         )
         volume_limit_mb = max(64, args.storage_gi * 1024 // 16)
+        annotations = {"mlops-stack/s3-identities": _layout_hash(args.identities)}
+        if args.replicas == 1:
+            workloads, service = self._all_in_one(name, args, s3_config.metadata.name, volume_limit_mb,
+                                                  annotations, stateful)
+            master = pulumi.Output.concat(service.metadata.name, f":{PORTS['master']}")
+        else:
+            workloads, service = replicated.declare(
+                self, name, args.namespace, args.image, UID, args.resources, args.replicas, args.storage_gi,
+                volume_limit_mb, args.storage_class, s3_config.metadata.name, annotations, stateful)
+            master = replicated.master_addresses(args.namespace)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress",
+            metadata=kube.metadata("seaweedfs-ingress", args.namespace, "objectstore"),
+            spec={
+                "pod_selector": {"match_labels": replicated.STORE_LABEL},
+                "policy_types": ["Ingress"],
+                "ingress": [
+                    {"from_": [{"pod_selector": {}}]},  # same namespace: all ports (bucket Job, backups)
+                    {
+                        "from_": [
+                            {"namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": ns}}}
+                            for ns in args.client_namespaces
+                        ],
+                        "ports": [{"port": S3_PORT, "protocol": "TCP"}],
+                    },
+                    *([{"from_": [{"namespace_selector": {"match_labels": {
+                        "kubernetes.io/metadata.name": args.monitoring_namespace}}}],
+                        "ports": [{"port": PORTS["metrics"], "protocol": "TCP"}]}]
+                      if args.monitoring_namespace else []),
+                ],
+            },
+            opts=kube.child(self),
+        )
+        self.buckets_job = k8s.batch.v1.Job(
+            f"{name}-buckets",
+            metadata=kube.metadata("seaweedfs-buckets", args.namespace, "objectstore"),
+            spec={
+                "backoff_limit": 6,
+                "template": {
+                    "metadata": {"labels": kube.labels("seaweedfs-buckets", "objectstore")},
+                    "spec": {
+                        "restart_policy": "OnFailure",
+                        "automount_service_account_token": False,
+                        "security_context": kube.pod_security(UID),
+                        "containers": [
+                            {
+                                "name": "buckets",
+                                "image": args.image,
+                                "command": ["sh", "-c", _bucket_script(args.buckets)],
+                                "env": kube.env(
+                                    {
+                                        "MASTER": master,
+                                        "HOME": "/tmp",
+                                        "WAIT_SECONDS": str(WAIT_SECONDS),
+                                    }
+                                ),
+                                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                                "security_context": kube.CONTAINER_SECURITY,
+                                "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
+                            }
+                        ],
+                        "volumes": [{"name": "tmp", "empty_dir": {}}],
+                    },
+                },
+            },
+            # a Job's template is immutable: a changed bucket list replaces the Job, which runs again
+            opts=kube.child(self, depends_on=[*workloads, service], replace_on_changes=["spec"],
+                            delete_before_replace=True),
+        )
+        kube.ingress_policy(f"{name}-buckets", args.namespace, "objectstore", "seaweedfs-buckets", [],
+                            kube.child(self))
+        self.endpoint_url = pulumi.Output.concat(
+            "http://", service.metadata.name, ".", args.namespace, f".svc.cluster.local:{S3_PORT}"
+        )
+        self.register_outputs({"endpoint_url": self.endpoint_url})
+
+    def _all_in_one(self, name: str, args: SeaweedFsArgs, s3_config: pulumi.Input[str], volume_limit_mb: int,
+                    annotations: dict[str, str], stateful: pulumi.ResourceOptions
+                    ) -> tuple[list[pulumi.Resource], k8s.core.v1.Service]:
+        """`weed server -s3`: one pod, one Service with every port."""
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-seaweedfs",
             metadata=kube.metadata("seaweedfs", args.namespace, "objectstore"),
@@ -142,9 +226,9 @@ class SeaweedFs(pulumi.ComponentResource):
                 "selector": {"match_labels": kube.selector("seaweedfs")},
                 "template": {
                     "metadata": {
-                        "labels": kube.labels("seaweedfs", "objectstore"),
+                        "labels": {**kube.labels("seaweedfs", "objectstore"), **replicated.STORE_LABEL},
                         # restart when identities change: the S3 gateway reads its config at start
-                        "annotations": {"mlops-stack/s3-identities": _layout_hash(args.identities)},
+                        "annotations": annotations,
                     },
                     "spec": {
                         "security_context": kube.pod_security(UID),
@@ -184,7 +268,7 @@ class SeaweedFs(pulumi.ComponentResource):
                             }
                         ],
                         "volumes": [
-                            {"name": "s3-config", "secret": {"secret_name": s3_config.metadata.name}},
+                            {"name": "s3-config", "secret": {"secret_name": s3_config}},
                             {"name": "tmp", "empty_dir": {}},
                         ],
                     },
@@ -211,68 +295,4 @@ class SeaweedFs(pulumi.ComponentResource):
             },
             opts=kube.child(self),
         )
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-ingress",
-            metadata=kube.metadata("seaweedfs-ingress", args.namespace, "objectstore"),
-            spec={
-                "pod_selector": {"match_labels": kube.selector("seaweedfs")},
-                "policy_types": ["Ingress"],
-                "ingress": [
-                    {"from_": [{"pod_selector": {}}]},  # same namespace: all ports (bucket Job, backups)
-                    {
-                        "from_": [
-                            {"namespace_selector": {"match_labels": {"kubernetes.io/metadata.name": ns}}}
-                            for ns in args.client_namespaces
-                        ],
-                        "ports": [{"port": S3_PORT, "protocol": "TCP"}],
-                    },
-                    *([{"from_": [{"namespace_selector": {"match_labels": {
-                        "kubernetes.io/metadata.name": args.monitoring_namespace}}}],
-                        "ports": [{"port": PORTS["metrics"], "protocol": "TCP"}]}]
-                      if args.monitoring_namespace else []),
-                ],
-            },
-            opts=kube.child(self),
-        )
-        self.buckets_job = k8s.batch.v1.Job(
-            f"{name}-buckets",
-            metadata=kube.metadata("seaweedfs-buckets", args.namespace, "objectstore"),
-            spec={
-                "backoff_limit": 6,
-                "template": {
-                    "metadata": {"labels": kube.labels("seaweedfs-buckets", "objectstore")},
-                    "spec": {
-                        "restart_policy": "OnFailure",
-                        "automount_service_account_token": False,
-                        "security_context": kube.pod_security(UID),
-                        "containers": [
-                            {
-                                "name": "buckets",
-                                "image": args.image,
-                                "command": ["sh", "-c", _bucket_script(args.buckets)],
-                                "env": kube.env(
-                                    {
-                                        "MASTER": pulumi.Output.concat(service.metadata.name, f":{PORTS['master']}"),
-                                        "HOME": "/tmp",
-                                        "WAIT_SECONDS": str(WAIT_SECONDS),
-                                    }
-                                ),
-                                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-                                "security_context": kube.CONTAINER_SECURITY,
-                                "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
-                            }
-                        ],
-                        "volumes": [{"name": "tmp", "empty_dir": {}}],
-                    },
-                },
-            },
-            # a Job's template is immutable: a changed bucket list replaces the Job, which runs again
-            opts=kube.child(self, depends_on=[statefulset, service], replace_on_changes=["spec"],
-                            delete_before_replace=True),
-        )
-        kube.ingress_policy(f"{name}-buckets", args.namespace, "objectstore", "seaweedfs-buckets", [],
-                            kube.child(self))
-        self.endpoint_url = pulumi.Output.concat(
-            "http://", service.metadata.name, ".", args.namespace, f".svc.cluster.local:{S3_PORT}"
-        )
-        self.register_outputs({"endpoint_url": self.endpoint_url})
+        return [statefulset], service

@@ -8,16 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from modules.database.postgres import InClusterPostgres, InClusterPostgresArgs, PostgresBackupArgs
+from modules.database.backup import BackupTarget
+from modules.database.cloudnativepg import CLUSTER, CloudNativePg, CloudNativePgArgs, cloudnative_pg_operator
+from modules.database.external import ExternalPostgres, ExternalPostgresArgs
+from modules.objectstore.external import ExternalS3, ExternalS3Args, ExternalStoreSettings
 from modules.objectstore.seaweedfs import S3Identity, SeaweedFs, SeaweedFsArgs
 from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
 
 BACKUP_CLIENT = "postgres-backup"
+
+
+@dataclass(frozen=True)
+class InClusterDatabase:
+    """CloudNativePG: the operator chart and the Cluster's shape."""
+
+    image: str
+    operator_version: str
+    operator_resources: dict[str, Any]
+    instances: int
+    synchronous: int
+    anti_affinity: Literal["preferred", "required"]
+    storage_gi: int
+    resources: dict[str, Any]
+    backup: dict[str, Any] | None  # schedule (UTC), retention_days
+
+
+@dataclass(frozen=True)
+class ExternalDatabaseSettings:
+    host: str
+    port: int
+    sslmode: Literal["disable", "require", "verify-full"]
+    username: str
+    password: pulumi.Input[str]
+    client_image: str
 
 
 @dataclass(frozen=True)
@@ -28,18 +56,16 @@ class InClusterSettings:
     protect: bool
     database_name: str
     database_user: str
-    database_image: str
-    database_storage_gi: int
-    database_resources: dict[str, Any]
+    database: InClusterDatabase | ExternalDatabaseSettings
     extra_databases: Sequence[str]
-    backup: dict[str, Any] | None  # schedule, time_zone, retention_days, image
     store_image: str
     store_storage_gi: int
     store_resources: dict[str, Any]
     buckets: Mapping[str, str]  # purpose -> bucket name
-    exporter_image: str | None = None
     monitoring_namespace: str | None = None  # may scrape the data services' metrics ports
     database_namespaces: Sequence[str] = ()  # reach PostgreSQL without bucket access (workload Jobs)
+    store_replicas: int = 1  # SeaweedFS: 1 all-in-one pod, ≥ 3 the replicated roles
+    store_external: ExternalStoreSettings | None = None  # an existing S3 API instead of SeaweedFS
 
 
 class InClusterPlatform(Platform):
@@ -64,9 +90,28 @@ class InClusterPlatform(Platform):
         opts = pulumi.ResourceOptions(providers=[cluster.provider])
         client_namespaces = [c.namespace for c in clients]
         identities = [S3Identity(c.client, [s.buckets[b] for b in c.buckets], c.write) for c in clients]
-        if s.backup is not None:
+        if isinstance(s.database, InClusterDatabase) and s.database.backup is not None:
             identities.append(S3Identity(BACKUP_CLIENT, [s.buckets["backups"]]))
-        store = SeaweedFs(
+        store = self._store(s, namespace, identities, client_namespaces, opts)
+        database = self._database(s, namespace, store, [*client_namespaces, *s.database_namespaces], opts)
+        object_store = ObjectStore(
+            scheme="s3",
+            buckets=dict(s.buckets),
+            endpoint_url=store.endpoint_url,
+            region=s.store_external.region if s.store_external else "us-east-1",
+            credentials={c.client: store.credentials[c.client] for c in clients},
+            ready=store.buckets_job,
+        )
+        return database, object_store
+
+    @staticmethod
+    def _store(s: InClusterSettings, namespace: pulumi.Output[str], identities: Sequence[S3Identity],
+               client_namespaces: Sequence[pulumi.Input[str]], opts: pulumi.ResourceOptions) -> SeaweedFs | ExternalS3:
+        if s.store_external is not None:
+            e = s.store_external
+            return ExternalS3("objectstore", ExternalS3Args(namespace, e.endpoint, e.region, e.credentials_secret,
+                                                            [i.name for i in identities]), opts=opts)
+        return SeaweedFs(
             "objectstore",
             SeaweedFsArgs(
                 namespace=namespace,
@@ -79,48 +124,35 @@ class InClusterPlatform(Platform):
                 storage_class=s.storage_class,
                 protect=s.protect,
                 monitoring_namespace=s.monitoring_namespace,
+                replicas=s.store_replicas,
             ),
             opts=opts,
         )
-        backup = None
-        if s.backup is not None:
-            backup = PostgresBackupArgs(
-                bucket=s.buckets["backups"],
-                endpoint_url=store.endpoint_url,
-                credentials=store.credentials[BACKUP_CLIENT],
-                **s.backup,
-            )
-        postgres = InClusterPostgres(
-            "database",
-            InClusterPostgresArgs(
-                namespace=namespace,
-                image=s.database_image,
-                database=s.database_name,
-                username=s.database_user,
-                storage_gi=s.database_storage_gi,
-                resources=s.database_resources,
-                client_namespaces=[*client_namespaces, *s.database_namespaces],
-                storage_class=s.storage_class,
-                extra_databases=s.extra_databases,
-                backup=backup,
-                protect=s.protect,
-                exporter_image=s.exporter_image,
-                monitoring_namespace=s.monitoring_namespace,
-            ),
-            opts=opts,
-        )
-        object_store = ObjectStore(
-            scheme="s3",
-            buckets=dict(s.buckets),
-            endpoint_url=store.endpoint_url,
-            credentials={c.client: store.credentials[c.client] for c in clients},
-            ready=store.buckets_job,
-        )
-        return postgres.database, object_store
+
+    def _database(self, s: InClusterSettings, namespace: pulumi.Output[str], store: SeaweedFs | ExternalS3,
+                  client_namespaces: Sequence[pulumi.Input[str]], opts: pulumi.ResourceOptions) -> Database:
+        """CloudNativePG in the platform's namespace, or the credentials and databases Job of an external server."""
+        db = s.database
+        if isinstance(db, ExternalDatabaseSettings):
+            return ExternalPostgres("database", ExternalPostgresArgs(
+                namespace=namespace, host=db.host, port=db.port, sslmode=db.sslmode, database=s.database_name,
+                username=db.username, password=db.password, client_image=db.client_image,
+                extra_databases=s.extra_databases), opts=opts).database
+        operator = cloudnative_pg_operator("cloudnative-pg", db.operator_version, db.operator_resources, opts)
+        target = None if db.backup is None else BackupTarget(
+            bucket=s.buckets["backups"], server_name=CLUSTER, endpoint_url=store.endpoint_url, **db.backup)
+        return CloudNativePg("database", CloudNativePgArgs(
+            namespace=namespace, image=db.image, database=s.database_name, username=s.database_user,
+            instances=db.instances, synchronous=db.synchronous, anti_affinity=db.anti_affinity,
+            storage_gi=db.storage_gi, resources=db.resources, client_namespaces=client_namespaces,
+            operator=operator, storage_class=s.storage_class, extra_databases=s.extra_databases,
+            backup=target, backup_credentials=store.credentials[BACKUP_CLIENT] if target else None,
+            protect=s.protect, monitoring_namespace=s.monitoring_namespace), opts=opts).database
 
     @property
     def metrics_services(self) -> Sequence[str]:
-        return ("seaweedfs", "postgres")
+        store = () if self.settings.store_external else ("seaweedfs",)
+        return (*store, "postgres") if isinstance(self.settings.database, InClusterDatabase) else store
 
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return {}  # in-cluster clients use the static keys of `ObjectStore.credentials`

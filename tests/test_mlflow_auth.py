@@ -1,0 +1,121 @@
+"""MLflow's migrations and basic-auth credential cache, for real: the migration Job's exact command
+on a fresh PostgreSQL, then two servers started at the same moment (two replicas' first start), and
+the cache's behaviour against them (docs/decisions/0011).
+
+The servers here cache for CACHE_TTL seconds instead of the platform's AUTH_CACHE_TTL_SECONDS so a
+password change can be watched to the end; the mechanism and every other setting are the platform's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg2
+import pytest
+import requests
+
+from mlops.plan import run_program, stack_config
+from modules.mlflow import AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND
+from tests.mlflow_servers import ADMIN, Databases, migrate, servers
+from tests.services import postgres, s3_api
+
+pytestmark = pytest.mark.integration
+BUCKET = "mlflow-artifacts"
+CACHE_TTL = 4
+DBS = Databases("mlruns", "mlflow_auth")
+
+
+def auth_heads(db, database: str) -> list[str]:
+    """The auth schema's alembic revision rows ([] when the auth migration never ran)."""
+    with psycopg2.connect(host=db.host, port=db.port, user=db.user, password=db.password, dbname=database) as conn, \
+            conn.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('alembic_version_auth') IS NOT NULL")
+        if not cursor.fetchone()[0]:
+            return []
+        cursor.execute("SELECT version_num FROM alembic_version_auth")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def count_users(db, username: str) -> int:
+    with psycopg2.connect(host=db.host, port=db.port, user=db.user, password=db.password, dbname=DBS.auth) as conn, \
+            conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM users WHERE username = %s", (username,))
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with postgres((DBS.tracking, DBS.auth, "unmigrated_auth")) as db, s3_api((BUCKET,)) as s3:
+        job = migrate(db, DBS)
+        assert job.returncode == 0, job.stderr[-3000:]
+        heads_after_job = auth_heads(db, DBS.auth)
+        with servers(db, DBS, s3, BUCKET, count=2, cache_ttl=CACHE_TTL) as pair:
+            yield db, pair, heads_after_job
+
+
+def status(server, auth: tuple[str, str]) -> int:
+    return requests.get(f"{server.url}/api/2.0/mlflow/users/current", auth=auth, timeout=30).status_code
+
+
+def admin_call(server, method: str, path: str, **json) -> None:
+    requests.request(method, f"{server.url}/api/2.0/mlflow/users/{path}", auth=ADMIN, json=json,
+                     timeout=30).raise_for_status()
+
+
+def test_the_plan_runs_both_migrations_in_the_job_and_caches_in_auth_ini():
+    plan = run_program("dev", stack_config("dev"), reveal_secrets=True)
+    job = plan.manifest("Job", "mlflow-db-upgrade")["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"] == ["sh", "-c", MIGRATE_COMMAND]
+    assert {e["name"] for e in job["env"]} >= {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI"}
+    ini = plan.manifest("Secret", "mlflow-server")["stringData"]["auth.ini"]
+    assert f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_SECONDS}" in ini
+
+
+def test_the_job_migrates_the_auth_database_before_any_server(stack):
+    db, _, heads_after_job = stack
+    assert len(heads_after_job) == 1  # at head before a server ran
+    assert auth_heads(db, "unmigrated_auth") == []  # what a tracking-only upgrade leaves
+
+
+def test_two_servers_started_together_both_serve_and_the_admin_exists_once(stack):
+    db, pair, _ = stack
+    for server in pair:
+        assert server.process.poll() is None
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+        assert status(server, ADMIN) == 200
+    assert count_users(db, ADMIN[0]) == 1
+
+
+def test_a_wrong_password_is_refused_right_after_the_right_one(stack):
+    _, [server, _], _ = stack
+    admin_call(server, "POST", "create", username="cache-a", password="right-password-1")
+    assert status(server, ("cache-a", "right-password-1")) == 200  # now cached
+    assert status(server, ("cache-a", "wrong-password-1")) == 401
+    assert status(server, ("cache-a", "right-password-1x")) == 401
+    assert status(server, ("nobody-here", "right-password-1")) == 401
+
+
+def test_a_changed_password_takes_effect_within_the_ttl_on_every_replica(stack):
+    """Changed through replica A (as the users Job does): A forgets at once, B within the TTL."""
+    _, [a, b], _ = stack
+    admin_call(a, "POST", "create", username="cache-b", password="first-password-1")
+    assert status(b, ("cache-b", "first-password-1")) == 200  # cached on B
+    changed = time.monotonic()
+    admin_call(a, "PATCH", "update-password", username="cache-b", password="second-password-2")
+    assert status(a, ("cache-b", "first-password-1")) == 401
+    assert status(b, ("cache-b", "second-password-2")) == 200
+    while status(b, ("cache-b", "first-password-1")) == 200:
+        assert time.monotonic() - changed < CACHE_TTL + 2, "old password still accepted after the TTL"
+        time.sleep(0.5)
+
+
+def test_a_deleted_user_is_refused_within_the_ttl(stack):
+    _, [a, b], _ = stack
+    admin_call(a, "POST", "create", username="cache-c", password="third-password-3")
+    assert status(b, ("cache-c", "third-password-3")) == 200
+    deleted = time.monotonic()
+    admin_call(a, "DELETE", "delete", username="cache-c")
+    assert status(a, ("cache-c", "third-password-3")) == 401
+    while status(b, ("cache-c", "third-password-3")) == 200:
+        assert time.monotonic() - deleted < CACHE_TTL + 2, "deleted user still accepted after the TTL"
+        time.sleep(0.5)
