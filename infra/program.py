@@ -12,6 +12,7 @@ import pulumi_random as random
 from pydantic import SecretStr
 
 from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackConfig
+from infra.config.tenants import experiment, registered_model
 from infra.images import StackImages, declare_images
 from infra.platforms import host_access, make_platform
 from infra.workloads import declare_mnist_demo, declare_workloads
@@ -38,6 +39,8 @@ from modules.serving.contract import (
 )
 from modules.serving.kserve import KServe, KServeArgs
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
+from modules.tenants import READER_SECRET as TENANT_READER_SECRET
+from modules.tenants import TenantSpec, Tenants, TenantsArgs, quota_hard, tenant_mlflow_users
 
 MODEL_SERVER_ACCOUNT = "model-server"
 # the read-only MLflow user alias models log in as (keys username, password, in the serving namespace)
@@ -74,6 +77,7 @@ def declare(config: StackConfig) -> None:
         }),
         opts=k8s_opts,
     )
+    tenants = _tenants(config, namespaces, k8s_opts)
     mlflow_access = BucketAccess(
         client="mlflow", namespace=namespaces.names["mlflow"], service_account="mlflow",
         buckets=["artifacts", "datasets"],
@@ -106,7 +110,7 @@ def declare(config: StackConfig) -> None:
         ),
         opts=k8s_opts,
     )
-    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts)
+    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts, _tenant_users(config, tenants))
 
     gateway = _gateway(config, platform, k8s_opts)
     domain = config.gateway.domain
@@ -116,7 +120,8 @@ def declare(config: StackConfig) -> None:
 
     grafana_password = _secret_or_generated(
         "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
-    monitoring = _monitoring(config, namespaces, platform, admin_password, grafana_password, k8s_opts)
+    monitoring = _monitoring(config, namespaces, platform, admin_password, grafana_password, k8s_opts,
+                             list(tenants.namespaces.values()))
     if "workloads" in namespaces.names:
         declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
                           admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
@@ -125,6 +130,7 @@ def declare(config: StackConfig) -> None:
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
                          RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
                          users.ready, k8s_opts)
+    tenant_urls = _tenant_models(config, engine, platform, tenants, mlflow.url, users.ready, k8s_opts)
     declare_mnist_demo(config, gateway, namespaces.names["serving"], k8s_opts)
 
     pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
@@ -150,6 +156,8 @@ def declare(config: StackConfig) -> None:
     if gateway.port_forward is not None:
         pulumi.export("gatewayPortForward", gateway.port_forward)
     pulumi.export("modelUrls", model_urls)
+    if tenant_urls:
+        pulumi.export("tenantModelUrls", tenant_urls)
     if cluster.kubeconfig is not None:
         pulumi.export("kubeconfig", cluster.kubeconfig)
     if platform.registry_url is not None:
@@ -157,8 +165,9 @@ def declare(config: StackConfig) -> None:
 
 
 def _mlflow_users(config: StackConfig, namespaces: Namespaces, mlflow: Mlflow, images: StackImages,
-                  opts: pulumi.ResourceOptions) -> MlflowUsers:
-    """MLflow identities besides the admin: `model-reader`, READ on each registered model served by alias."""
+                  opts: pulumi.ResourceOptions, tenant_users: list[MlflowUser]) -> MlflowUsers:
+    """MLflow identities besides the admin: `model-reader`, READ on each registered model served by
+    alias; the CI's; and each tenant's two (modules/tenants)."""
     served = sorted({s.model for m in config.serving.models.values() for s in m.aliases if s.model is not None})
     reader = MlflowUser(
         username="model-reader",
@@ -173,7 +182,7 @@ def _mlflow_users(config: StackConfig, namespaces: Namespaces, mlflow: Mlflow, i
         tracking_url=mlflow.url,
         admin_secret="mlflow-server",  # the Mlflow component's Secret (key admin-password)
         admin_username=config.mlflow.admin_username,
-        users=[reader, *ci],
+        users=[reader, *ci, *tenant_users],
         resources=MLFLOW_USERS_RESOURCES.to_k8s(),
         protect=config.protected,
     ), opts=pulumi.ResourceOptions.merge(opts, kube.after([mlflow])))
@@ -185,6 +194,47 @@ def ci_mlflow_user(namespace: pulumi.Input[str]) -> MlflowUser:
     permissions = [MlflowPermission(kind, name, "EDIT") for experiment, model in CI_MLFLOW_RESOURCES.values()
                    for kind, name in (("experiment", experiment), ("registered_model", model))]
     return MlflowUser(CI_MLFLOW_USER, namespace, CI_MLFLOW_SECRET, tuple(permissions))
+
+
+def _tenants(config: StackConfig, namespaces: Namespaces, opts: pulumi.ResourceOptions) -> Tenants:
+    """A fenced namespace per tenant (modules/tenants). Without a keyless cloud identity for its
+    repositories, a tenant's CI deploys with a namespaced token (docs/decisions/0015-tenant-ci-access.md)."""
+    d = config.tenant_defaults
+    limits = {"default": {"cpu": d.limits.default.cpu_limit, "memory": d.limits.default.memory_limit},
+              "defaultRequest": {"cpu": d.limits.default.cpu, "memory": d.limits.default.memory},
+              "max": {"cpu": d.limits.max.cpu, "memory": d.limits.max.memory}}
+    specs = [TenantSpec(name=name, pod_security=d.pod_security, limits=limits, members=t.members,
+                        repositories=t.repositories, quota=quota_hard(**t.quota.model_dump()))
+             for name, t in config.tenants.items()]
+    return Tenants("tenants", TenantsArgs(
+        tenants=specs, gateway_namespace="istio-system", monitoring_namespace=namespaces.names["monitoring"],
+        platform_namespace=namespaces.names["platform"], deploy_tokens=config.platform not in ("gke", "eks"),
+    ), opts=opts)
+
+
+def _tenant_users(config: StackConfig, tenants: Tenants) -> list[MlflowUser]:
+    """Per tenant: EDIT on `<tenant>/<model>` experiments and `<tenant>.<model>` registered models."""
+    return [user for name, t in config.tenants.items()
+            for user in tenant_mlflow_users(name, tenants.namespaces[name], [experiment(name, m) for m in t.models],
+                                            [registered_model(name, m) for m in t.models])]
+
+
+def _tenant_models(config: StackConfig, engine: ServingEngine, platform: Platform, tenants: Tenants,
+                   tracking_url: pulumi.Input[str], reader: pulumi.Resource,
+                   opts: pulumi.ResourceOptions) -> dict[str, dict[str, pulumi.Output[str]]]:
+    """Each tenant's models through the stack's engine, in its namespace, loading their alias with
+    the tenant's read-only login: tenant -> model -> URL (/seldon/<tenant>/<model>/…)."""
+    registry = RegistryAccess(tracking_uri=tracking_url, credentials_secret=TENANT_READER_SECRET)
+    poll = config.serving.registry.poll_seconds
+    placement = platform.placement("workload").pod_spec()
+    after = pulumi.ResourceOptions.merge(opts, kube.after([reader]))
+    urls: dict[str, dict[str, pulumi.Output[str]]] = {}
+    for name, t in config.tenants.items():
+        for model, spec in t.models.items():
+            args = replace(_deployment_args(spec, tenants.namespaces[name], None, registry, poll),
+                           service_account=None, placement=placement, object_name=model)
+            urls.setdefault(name, {})[model] = engine.deploy(f"{name}-{model}", args, opts=after).url
+    return urls
 
 
 def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,
@@ -262,7 +312,7 @@ def _gateway(config: StackConfig, platform: Platform, opts: pulumi.ResourceOptio
 
 def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
                 mlflow_password: pulumi.Output[str], grafana_password: pulumi.Output[str],
-                opts: pulumi.ResourceOptions) -> Monitoring:
+                opts: pulumi.ResourceOptions, tenant_namespaces: list[pulumi.Output[str]]) -> Monitoring:
     m = config.monitoring
     # Prometheus scrapes MLflow's /metrics behind basic auth, with a Secret next to the ServiceMonitor
     scrape_auth = k8s.core.v1.Secret(
@@ -292,7 +342,7 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
                 *(ScrapeTarget(service, platform_ns, kube.selector(service), "metrics")
                   for service in platform.metrics_services),
             ],
-            model_namespaces=[namespaces.names["serving"]],
+            model_namespaces=[namespaces.names["serving"], *tenant_namespaces],
             runbook_base_url=m.runbook_base_url,
             node_level=host_access(config),
             placement=platform.placement("system").pod_spec(),

@@ -1,7 +1,7 @@
 """The demo workloads on the platform: their namespace, the Secrets they read, the Pushgateway the
 energy monitor pushes to, and each enabled workload's component (`workloads/<name>/deploy.py`):
 energy (training Job + daily CronJobs), neo and mnist (training Jobs; their models are served
-from `serving.models`).
+from `serving.models`), and the mnist drawing page beside the served mnist model.
 
 Workloads log to MLflow as its admin user (MLflow's basic auth has no declarative users yet: a
 per-workload account would be created through its REST API after `pulumi up`).
@@ -19,11 +19,13 @@ from infra.config import Image, StackConfig
 from infra.images import StackImages
 from infra.platforms import WORKLOADS_DATABASE
 from modules import kube
+from modules.gateway import IstioGateway
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.platform.contract import Database
 from workloads.common.deploy import DATABASE_KEY, TRACKING_KEYS, WorkloadContext
 from workloads.energy.deploy import EnergyArgs, EnergyWorkload
 from workloads.mnist.deploy import MnistArgs, MnistWorkload
+from workloads.mnist.demo import PATH_PREFIX, MnistDemo, MnistDemoArgs, predictions_path
 from workloads.neo.deploy import NeoArgs, NeoWorkload
 
 
@@ -76,3 +78,33 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
         NeoWorkload("neo", NeoArgs(context=context("neo", w.neo.image), data_url=w.neo.data_url), opts=after_opts)
     if w.mnist.enabled:
         MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)
+
+
+MNIST_SERVER = "mnist-server"  # the image workloads/mnist/Dockerfile's `serve` target is pushed as
+
+
+def mnist_demo_model(config: StackConfig) -> str:
+    """The `serving.models` entry the drawing page calls: the one running the mnist server image."""
+    served = [name for name, m in config.serving.models.items() if m.source.image is not None
+              and m.source.image.repository.rsplit("/", 1)[-1] == MNIST_SERVER and m.source.protocol == "seldon"]
+    if len(served) != 1:
+        raise ValueError(f"workloads.mnist.demo: the page needs exactly one serving.models entry with "
+                         f"source.image.repository <registry>/{MNIST_SERVER} and protocol seldon, found {served}; "
+                         "add it (workloads/mnist/README.md, Serving) or set demo: false")
+    return served[0]
+
+
+def declare_mnist_demo(config: StackConfig, gateway: IstioGateway, serving_namespace: pulumi.Output[str],
+                       opts: pulumi.ResourceOptions) -> None:
+    """The mnist drawing page at models.<domain>/demo/mnist/ (stack output `mnistDemoUrl`), when
+    `workloads.mnist.demo` is on."""
+    if not config.workloads.mnist.demo:
+        return
+    model = mnist_demo_model(config)
+    host = f"models.{config.gateway.domain}"
+    MnistDemo("mnist-demo", MnistDemoArgs(
+        namespace=serving_namespace,
+        predictions_path=serving_namespace.apply(lambda ns: predictions_path(ns, model)),
+        gateway=gateway.gateway, host=host, https_only=gateway.tls,
+    ), opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])))
+    pulumi.export("mnistDemoUrl", f"{gateway.url(host)}{PATH_PREFIX}")

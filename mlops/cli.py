@@ -70,6 +70,30 @@ def cmd_local_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_model(args: argparse.Namespace) -> int:
+    """Write a model repository starter (mlops/new_model.py)."""
+    from mlops import new_model
+
+    repo = args.pipeline_repo or new_model.default_repository()
+    ref = args.pipeline_ref or new_model.default_ref()
+    if repo is None or ref is None:
+        print("mlops new-model: pass --pipeline-repo OWNER/mlops-stack and --pipeline-ref <commit SHA or vX.Y.Z> "
+              "(this checkout has no GitHub origin or no commit to default to)", file=sys.stderr)
+        return 2
+    try:
+        starter = new_model.check(new_model.Starter(args.name, repo, ref))
+        if args.stack:
+            starter = new_model.from_stack(starter, args.stack, Path(args.stacks_dir) if args.stacks_dir else None)
+        written = new_model.write(Path(args.dir), starter)
+    except (new_model.StarterError, ConfigError, FileNotFoundError) as error:
+        print(f"mlops new-model: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} files written to {args.dir}: pipeline {repo}@{ref}, runs-on {starter.runs_on}"
+          f"{', builder ' + starter.builder if starter.builder else ''}")
+    print(f"serve it: add to the stack file (README.md of the starter, step 4):\n{new_model.serving_snippet(args.name)}")
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     from mlops.readme import update
     from mlops.reference import config_reference
@@ -278,6 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     registry_arguments(lineage)
     lineage.add_argument("--alias", default="champion")
     lineage.set_defaults(run=cmd_lineage)
+
+    new = commands.add_parser("new-model", help="write a model repository starter: test, build, register, serve, promote")
+    new.add_argument("dir", help="new or empty directory to write the repository into")
+    new.add_argument("--name", required=True, help="registered model and workload name (a DNS label)")
+    new.add_argument("--stack", help=f"one of: {stacks}: its in-cluster runners and builder (ci.runners) go into the workflow")
+    new.add_argument("--stacks-dir", help="directory of the Pulumi.<stack>.yaml files (default: stacks/)")
+    new.add_argument("--pipeline-repo", help="owner/name of mlops-stack on GitHub (default: this checkout's origin)")
+    new.add_argument("--pipeline-ref", help="commit SHA or vX.Y.Z tag of model-pipeline.yml (default: this checkout's HEAD)")
+    new.set_defaults(run=cmd_new_model)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
     from mlops.cost.cli import add_arguments

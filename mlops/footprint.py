@@ -351,6 +351,58 @@ def _cluster_autoscaler(release: str, values: dict[str, Any]) -> list[Pod]:
                 replicas=v["replicaCount"])]
 
 
+# ---- CloudNativePG 0.29.0 (cloudnative-pg/charts, tag cloudnative-pg-v0.29.0, charts/cloudnative-pg:
+# one Deployment, `replicaCount` × `resources`). Its Cluster objects run `instances` pods whose
+# `postgres` container (and bootstrap init container) take the Cluster's `resources`
+# (cloudnative-pg/cloudnative-pg v1.30.0 pkg/specs/pods.go) ----
+
+def _cloudnative_pg(release: str, values: dict[str, Any]) -> list[Pod]:
+    v = _coalesce({"replicaCount": 1, "resources": {}}, values)
+    return [Pod(f"{release}: operator", (Container.of("manager", v["resources"]),), replicas=v["replicaCount"])]
+
+
+def cnpg_cluster_pod(obj: dict[str, Any]) -> Pod:
+    spec, meta = obj.get("spec", {}), obj.get("metadata", {})
+    return Pod(f"{meta.get('namespace')}/Cluster/{meta.get('name')}", (Container.of("postgres", spec.get("resources")),),
+               replicas=spec.get("instances", 1))
+
+
+# ---- KServe v0.20.0 (kserve/kserve, tag v0.20.0, charts/kserve-crd and charts/kserve-resources) ----
+# kserve-crd renders CRDs only. kserve-resources runs one controller Deployment (files/kserve/
+# resources.yaml + deployment-patch.yaml): `manager` with kserve.controller.resources and
+# `kube-rbac-proxy` with kserve.controller.rbacProxy.resources (values.yaml: 100m/300Mi both,
+# requests = limits); no localmodel pods unless kserve.localmodel.enabled. InferenceService pods:
+# the predictor container (model or containers[0]) at minReplicas, plus the storage-initializer
+# init container (inferenceservice-config `storageInitializer`: 100m/100Mi, limits 1/1Gi) when
+# the model has a storageUri.
+KSERVE_CONTROLLER_DEFAULTS: dict[str, Any] = {"kserve": {"controller": {
+    "resources": {"requests": {"cpu": "100m", "memory": "300Mi"}, "limits": {"cpu": "100m", "memory": "300Mi"}},
+    "rbacProxy": {"resources": {"requests": {"cpu": "100m", "memory": "300Mi"},
+                                "limits": {"cpu": "100m", "memory": "300Mi"}}}},
+    "localmodel": {"enabled": False}}}
+KSERVE_STORAGE_INITIALIZER = Container("storage-initializer", 100, 100, 1000, 1024)
+
+
+def _kserve_controller(release: str, values: dict[str, Any]) -> list[Pod]:
+    v = _coalesce(KSERVE_CONTROLLER_DEFAULTS, values)["kserve"]
+    if v["localmodel"]["enabled"]:
+        raise ValueError(f"{release}: kserve.localmodel.enabled runs a node agent DaemonSet this model does not count")
+    c = v["controller"]
+    return [Pod(f"{release}: controller-manager", (Container.of("manager", c["resources"]),
+                                                    Container.of("kube-rbac-proxy", c["rbacProxy"]["resources"])))]
+
+
+def inference_service_pods(obj: dict[str, Any]) -> list[Pod]:
+    """The predictor pod KServe makes of an InferenceService, at its minimum replicas."""
+    meta, predictor = obj.get("metadata", {}), (obj.get("spec") or {}).get("predictor") or {}
+    model = predictor.get("model")
+    containers = [model] if model is not None else (predictor.get("containers") or [])[:1]
+    inits = (KSERVE_STORAGE_INITIALIZER,) if model is not None and model.get("storageUri") else ()
+    return [Pod(f"{meta.get('namespace')}/InferenceService/{meta.get('name')}: predictor",
+                tuple(Container.of(c.get("name", "kserve-container"), c.get("resources")) for c in containers),
+                inits, predictor.get("minReplicas", 1))]
+
+
 ChartModel = Callable[[str, dict[str, Any]], list[Pod]]
 CHARTS: dict[str, tuple[str, ChartModel]] = {
     "seldon-core-operator": ("1.17.1", _seldon),
@@ -362,6 +414,9 @@ CHARTS: dict[str, tuple[str, ChartModel]] = {
     "gha-runner-scale-set-controller": ("0.14.2", _arc_controller),
     "gha-runner-scale-set": ("0.14.2", _arc_scale_set),
     "cluster-autoscaler": ("9.59.0", _cluster_autoscaler),
+    "cloudnative-pg": ("0.29.0", _cloudnative_pg),
+    "kserve-crd": ("v0.20.0", _istio_base),  # CRDs only: no pods
+    "kserve-resources": ("v0.20.0", _kserve_controller),
 }
 
 
@@ -403,6 +458,10 @@ def pods_of(plan: Plan) -> list[Pod]:
     releases = plan.of_type("kubernetes:helm.sh/v3:Release")
     pods = [pod for release in releases for pod in release_pods(release["inputs"])]
     pods += [_object_pod(obj) for obj in plan.kubernetes_objects if obj.get("kind") in RUNNING | BATCH]
+    pods += [cnpg_cluster_pod(obj) for obj in plan.kubernetes_objects
+             if obj.get("kind") == "Cluster" and obj.get("apiVersion", "").startswith("postgresql.cnpg.io/")]
+    pods += [pod for obj in plan.kubernetes_objects if obj.get("kind") == "InferenceService"
+             for pod in inference_service_pods(obj)]
     models = [obj for obj in plan.kubernetes_objects if obj.get("kind") == "SeldonDeployment"]
     if models:
         seldon = [r for r in releases if str(r["inputs"].get("chart", "")).endswith("seldon-core-operator")]

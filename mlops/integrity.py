@@ -47,10 +47,14 @@ CHART_CRD_GROUPS: dict[str, frozenset[str]] = {
     "kube-prometheus-stack": frozenset({"monitoring.coreos.com"}),             # charts/crds
     "cert-manager": frozenset({"cert-manager.io", "acme.cert-manager.io"}),    # crds.enabled: true
     "gha-runner-scale-set-controller": frozenset({"actions.github.com"}),
+    "cloudnative-pg": frozenset({"postgresql.cnpg.io"}),                      # crds.create (default true)
+    "kserve-crd": frozenset({"serving.kserve.io"}),                            # templates/ (kserve v0.20.0)
 }
 # Charts that template custom resources of another chart's CRDs (so must wait for that release).
 CHART_USES_GROUPS: dict[str, frozenset[str]] = {
     "gha-runner-scale-set": frozenset({"actions.github.com"}),
+    # its webhook Certificate and Issuer, and the default ClusterStorageContainer (kserve v0.20.0)
+    "kserve-resources": frozenset({"cert-manager.io", "serving.kserve.io"}),
 }
 # Where a chart's values set the type of a Service the release waits for (Helm: a LoadBalancer
 # is ready only once it has an ingress address).
@@ -73,6 +77,11 @@ class _Index:
 
 def _group(api_version: str) -> str:
     return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def _chart_name(inputs: dict[str, Any]) -> str:
+    """The chart's name, also when it is given as an OCI reference (oci://host/path/<name>)."""
+    return str(inputs.get("chart", "")).rsplit("/", 1)[-1]
 
 
 def _label(obj: dict[str, Any]) -> str:
@@ -100,7 +109,7 @@ def _index(plan: Plan) -> _Index:
             inputs = resource["inputs"]
             if inputs.get("createNamespace"):
                 index.namespaces.add(inputs.get("namespace", "default"))
-            for group in CHART_CRD_GROUPS.get(inputs.get("chart", ""), ()):
+            for group in CHART_CRD_GROUPS.get(_chart_name(inputs), ()):
                 index.crd_groups[group] = resource["urn"]
         elif resource["type"] == "docker-build:index:Image":
             index.built_images.update(str(t).rsplit(":", 1)[0] for t in resource["inputs"].get("tags", []))
@@ -140,6 +149,13 @@ def _pod_specs(obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, predictor in enumerate(spec.get("predictors") or []):
             for j, component in enumerate(predictor.get("componentSpecs") or []):
                 yield f"spec.predictors[{i}].componentSpecs[{j}].spec", component.get("spec") or {}
+    elif kind == "InferenceService":  # the predictor is a PodSpec; `model` is its main container
+        predictor = dict(spec.get("predictor") or {})
+        if predictor.get("model") is not None:
+            predictor["containers"] = [*(predictor.get("containers") or []), predictor["model"]]
+        yield "spec.predictor", predictor
+    elif kind == "ServingRuntime":
+        yield "spec", spec
 
 
 def _secret_keys(obj: dict[str, Any]) -> set[str]:
@@ -197,7 +213,7 @@ class _Checker:
         if namespace not in self.index.namespaces | BUILTIN_NAMESPACES:
             self.errors.append(f"{where}: namespace {namespace!r} exists nowhere (Helm creates none unless "
                                "createNamespace is set); declare the Namespace and make the release depend on it")
-        for group in CHART_USES_GROUPS.get(chart, ()):
+        for group in CHART_USES_GROUPS.get(_chart_name(inputs), ()):
             installer = self.index.crd_groups.get(group)
             if installer is None or installer not in self.closure[resource["urn"]]:
                 self.errors.append(f"{where}: templates {group} resources but does not wait for the release "

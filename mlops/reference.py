@@ -69,6 +69,12 @@ def _show(value: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _show_default(info: FieldInfo) -> str:
+    """A field's own default; one built by a factory (an empty map or list) is shown as it is built."""
+    value = info.default_factory() if info.default_factory is not None else info.default
+    return "—" if value is None else _show(value)
+
+
 def config_reference() -> str:
     layers = {**{f"{e}": ENVIRONMENT[e] for e in ENVIRONMENT}, **{p: PLATFORM[p] for p in PLATFORM}}
     lines = [
@@ -78,7 +84,7 @@ def config_reference() -> str:
     for key, annotation, info in _walk(StackConfig):
         base = _lookup(BASE, key)
         default = _show(base) if base is not None else (
-            "required" if info.is_required() else ("—" if info.default is None else _show(info.default)))
+            "required" if info.is_required() else _show_default(info))
         overrides = "; ".join(f"{name}: {_show(v)}" for name, layer in layers.items()
                               if (v := _lookup(layer, key)) is not None)
         lines.append(f"| `{key}` | {_allowed(annotation, info)} | {default} | {overrides} | "

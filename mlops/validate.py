@@ -24,12 +24,14 @@ from mlops.plan import Plan
 from modules.ci.runners import CHARTS as RUNNER_CHARTS
 from modules.gateway import tls_problems
 from modules.platform.contract import ClusterFacts
+from modules.serving.kserve import validate_inference_service
 from modules.serving.seldon import validate_seldon_deployment
 from policy.rules import violations
 
 # Rules a CRD schema cannot express (cross-field, operator behaviour), run besides the schema.
 CUSTOM_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
     "SeldonDeployment": validate_seldon_deployment,
+    "InferenceService": validate_inference_service,
 }
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 

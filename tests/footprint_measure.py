@@ -262,7 +262,7 @@ def run_job(local: Local, component: str, kind: str, name: str, rewrite=None, no
 
 # ---- the platform: PostgreSQL, an S3 API, MLflow ----
 
-PG_ADDRESS = "postgres.mlops-platform.svc.cluster.local:5432"
+PG_ADDRESS = "postgres-rw.mlops-platform.svc.cluster.local:5432"
 S3_ADDRESS = "http://seaweedfs.mlops-platform.svc.cluster.local:8333"
 MLFLOW_ADDRESS = "http://mlflow.mlflow.svc.cluster.local:5000"
 PUSHGATEWAY_ADDRESS = "http://pushgateway.monitoring.svc.cluster.local:9091"
@@ -287,12 +287,24 @@ def _env_of(plan: Plan, kind: str, name: str, container: str) -> dict[str, str]:
     return Local(plan).env(plan.manifest(kind, name)["metadata"]["namespace"], found, {})
 
 
+def _cluster(plan: Plan) -> dict[str, Any]:
+    """The CloudNativePG Cluster's spec (the in-cluster PostgreSQL)."""
+    return plan.manifest("Cluster", "postgres")["spec"]
+
+
+def _owner(plan: Plan) -> tuple[str, str]:
+    """The database owner and password, from the Secret the Cluster bootstraps with."""
+    obj = plan.manifest("Cluster", "postgres")
+    secret = _cluster(plan)["bootstrap"]["initdb"]["secret"]["name"]
+    namespace = obj["metadata"]["namespace"]
+    return secret_value(plan, namespace, secret, "username"), secret_value(plan, namespace, secret, "password")
+
+
 def _databases(plan: Plan) -> tuple[str, ...]:
-    """The server's own database and those the `postgres-databases` Job creates (they are made
+    """The Cluster's own database and those the `postgres-databases` Job creates (they are made
     here beforehand: the local role cannot create databases; the Job then finds and checks them)."""
-    server = _env_of(plan, "StatefulSet", "postgres", "postgres")
     job = _env_of(plan, "Job", "postgres-databases", "psql") if _has(plan, "Job", "postgres-databases") else {}
-    return (server["POSTGRES_DB"], *job.get("DATABASES", server.get("EXTRA_DATABASES", "")).split())
+    return (_cluster(plan)["bootstrap"]["initdb"]["database"], *job.get("DATABASES", "").split())
 
 
 def _has(plan: Plan, kind: str, name: str) -> bool:
@@ -305,17 +317,18 @@ def _has(plan: Plan, kind: str, name: str) -> bool:
 
 @contextmanager
 def platform(plan: Plan) -> Iterator[Platform]:
-    """PostgreSQL as the StatefulSet initialises it (its user, password and databases; the
+    """PostgreSQL as the Cluster bootstraps it (its owner, password and databases; the
     image's default server settings), moto for the bucket, the migration Job, then the MLflow
     Deployment's container; PostgreSQL's and MLflow's idle figures are taken here."""
-    pg_env = _env_of(plan, "StatefulSet", "postgres", "postgres")
+    user, password = _owner(plan)
     mlflow_spec = pod_spec(plan, "Deployment", "mlflow")
     server = mlflow_spec["containers"][0]
     bucket = server["args"][server["args"].index("--artifacts-destination") + 1].removeprefix("s3://").split("/")[0]
-    with postgres(_databases(plan), pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"]) as db, \
+    with postgres(_databases(plan), user, password) as db, \
             s3_api((bucket,)) as s3:
-        local = Local(plan, {PG_ADDRESS: f"{db.host}:{db.port}", S3_ADDRESS: s3},
-                      {"PGHOST": db.host, "PGPORT": str(db.port)})
+        # the local server has no certificate: TLS (CloudNativePG's, sslmode=require) is the one thing left out
+        local = Local(plan, {PG_ADDRESS: f"{db.host}:{db.port}", S3_ADDRESS: s3, "sslmode=require": "sslmode=disable"},
+                      {"PGHOST": db.host, "PGPORT": str(db.port), "PGSSLMODE": "disable"})
         pg_root = listening_root(db.port)
         measurements = []
         if _has(plan, "Job", "postgres-databases"):
@@ -367,7 +380,7 @@ def measure_platform(found: Platform) -> list[Measurement]:
     """PostgreSQL and MLflow: idle (from `platform`) and after a burst of tracking calls."""
     plan = found.local.plan
     mlflow_burst(found.mlflow_url, found.mlflow_auth)
-    pg = declared(next(c for c in pod_spec(plan, "StatefulSet", "postgres")["containers"] if c["name"] == "postgres"))
+    pg = Container.of("postgres", _cluster(plan)["resources"])  # each instance's `postgres` container
     server = declared(pod_spec(plan, "Deployment", "mlflow")["containers"][0])
     return [
         Measurement("PostgreSQL", "postgres", pg.memory_mib, pg.memory_limit_mib, found.pg_idle,

@@ -1,9 +1,10 @@
 """The databases beside MLflow's exist after every `pulumi up`, not only after the first one.
 
-The official image's docker-entrypoint-initdb.d runs only on an empty data directory: a database
-added to the list later (the energy workload's `workloads`) was never created. Now a Job creates
-what is missing. Its exact script and environment from the plan run here against a real
-PostgreSQL initialised as the image initialises it for a first deploy without the workload.
+Bootstrap SQL (CloudNativePG's initdb, formerly the image's docker-entrypoint-initdb.d) runs only on
+an empty cluster: a database added to the list later (the energy workload's `workloads`) was never
+created. A Job creates what is missing. Its exact script and environment from the plan run here
+against a real PostgreSQL initialised as the Cluster's bootstrap initialises it for a first deploy
+without the workload (PGSSLMODE is the one override: the local server has no certificate).
 """
 
 from __future__ import annotations
@@ -57,12 +58,8 @@ def job_env(plan: Plan, overrides: dict[str, str]) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], **env, **overrides}
 
 
-def statefulset_env(plan: Plan) -> dict[str, str]:
-    env = {}
-    for entry in container(plan, "StatefulSet", "postgres")["env"]:
-        ref = entry.get("valueFrom", {}).get("secretKeyRef")
-        env[entry["name"]] = secret_value(plan, ref) if ref else entry["value"]
-    return env
+def cluster_spec(plan: Plan) -> dict[str, Any]:
+    return plan.manifest("Cluster", "postgres", PLATFORM_NS)["spec"]
 
 
 @dataclass(frozen=True)
@@ -84,31 +81,32 @@ class Server:
 
 @contextmanager
 def first_deploy_postgres(plan: Plan) -> Iterator[Server]:
-    """PostgreSQL set up as the image's docker-entrypoint.sh does with the StatefulSet's env:
-    POSTGRES_USER is the superuser (password PASSWORD here), scram-sha-256 over TCP, POSTGRES_DB,
-    then what the old init script made on the first deploy, before the energy workload: mlflow_auth."""
+    """PostgreSQL set up as the Cluster's bootstrap does: superuser `postgres`, scram-sha-256 over
+    TCP, `initdb.owner` with the password of `initdb.secret` (PASSWORD here) owning `initdb.database`,
+    CREATEDB from `managed.roles`; then what the first deploy made before the energy workload: mlflow_auth."""
     initdb = require_tool("initdb", "PostgreSQL server binaries")
     pg_ctl = require_tool("pg_ctl", "PostgreSQL server binaries")
     psql = require_tool("psql", "PostgreSQL client")
     require_tool("pg_isready", "PostgreSQL client")
-    env = statefulset_env(plan)
+    spec = cluster_spec(plan)
+    bootstrap, [role] = spec["bootstrap"]["initdb"], spec["managed"]["roles"]
+    assert role["name"] == bootstrap["owner"] and role["passwordSecret"] == bootstrap["secret"]
     root = Path(tempfile.mkdtemp(prefix="mlops-pg-init-"))
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    (root / "pwfile").write_text(PASSWORD + "\n")
     if as_postgres:
-        for path in (root, root / "pwfile"):
-            shutil.chown(path, "postgres", "postgres")
+        shutil.chown(root, "postgres", "postgres")
     data, port = root / "data", free_port()
-    subprocess.run([*as_postgres, initdb, "-D", str(data), f"--username={env['POSTGRES_USER']}",
-                    f"--pwfile={root / 'pwfile'}", "--auth-local=trust", "--auth-host=scram-sha-256"],
-                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, initdb, "-D", str(data), "--username=postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256"], check=True, capture_output=True)
     options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root}"
     subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
                    check=True, capture_output=True)
-    server = Server(port, root, env["POSTGRES_USER"], as_postgres, psql)
+    server = Server(port, root, "postgres", as_postgres, psql)
+    owner = bootstrap["owner"]
     try:
-        for db in (env["POSTGRES_DB"], AUTH_DATABASE):
-            server.sql(f'CREATE DATABASE "{db}"')
+        server.sql(f"CREATE ROLE \"{owner}\" LOGIN {'CREATEDB' if role['createdb'] else ''} PASSWORD '{PASSWORD}'")
+        for db in (bootstrap["database"], AUTH_DATABASE):
+            server.sql(f'CREATE DATABASE "{db}" OWNER "{owner}"')
         yield server
     finally:
         subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
@@ -118,7 +116,8 @@ def first_deploy_postgres(plan: Plan) -> Iterator[Server]:
 def run_job(plan: Plan, port: int, password: str, **overrides: str) -> subprocess.CompletedProcess[str]:
     """The Job's exact command and environment, pointed at the local server."""
     command = container(plan, "Job", JOB)["command"]
-    env = job_env(plan, {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGPASSWORD": password, **overrides})
+    env = job_env(plan, {"PGHOST": "127.0.0.1", "PGPORT": str(port), "PGPASSWORD": password,
+                         "PGSSLMODE": "disable", **overrides})
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -130,7 +129,7 @@ def test_job_creates_the_workloads_database_on_a_data_directory_initialised_with
         after = server.databases()
         assert {AUTH_DATABASE, WORKLOADS_DATABASE} <= after
         assert server.sql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{WORKLOADS_DATABASE}'"
-                          ).strip() == server.superuser
+                          ).strip() == cluster_spec(full_dev)["bootstrap"]["initdb"]["owner"]
 
         again = run_job(full_dev, server.port, PASSWORD)  # the replacement Job of a later `pulumi up`
         assert again.returncode == 0, again.stderr
@@ -143,7 +142,7 @@ def test_job_creates_the_workloads_database_on_a_data_directory_initialised_with
 
 def test_job_fails_when_a_database_cannot_be_created(full_dev):
     """A CREATE DATABASE that errors must fail the Job, not be skipped: here the user may log in
-    but is no superuser and lacks CREATEDB."""
+    but lacks CREATEDB (an external server whose DBA did not grant it)."""
     with first_deploy_postgres(full_dev) as server:
         server.sql(f"CREATE ROLE limited LOGIN PASSWORD '{PASSWORD}'")
         result = run_job(full_dev, server.port, PASSWORD, PGUSER="limited")
@@ -168,7 +167,8 @@ def test_job_lists_every_extra_database_and_is_restricted(stack, plan_of, full_d
     env = {e["name"]: e for e in psql["env"]}
     assert set(env["DATABASES"]["value"].split()) == wanted
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "postgres-credentials"
-    assert psql["image"] == container(plan, "StatefulSet", "postgres")["image"]
+    assert psql["image"] == cluster_spec(plan)["imageName"]
+    assert env["PGHOST"]["value"] == "postgres-rw" and env["PGSSLMODE"]["value"] == "require"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert psql["securityContext"]["readOnlyRootFilesystem"] is True
@@ -177,9 +177,8 @@ def test_job_lists_every_extra_database_and_is_restricted(stack, plan_of, full_d
     # PostgreSQL admits every pod of its namespace, which is where the Job runs
     ingress = plan.manifest("NetworkPolicy", "postgres-ingress", PLATFORM_NS)["spec"]["ingress"]
     assert {"podSelector": {}} in ingress[0]["from"]
-    # the init script is gone: it ran only on an empty data directory
-    postgres = container(plan, "StatefulSet", "postgres")
-    assert all(m["mountPath"] != "/docker-entrypoint-initdb.d" for m in postgres["volumeMounts"])
+    # bootstrap makes only the owner's own database: the others are the Job's
+    assert set(cluster_spec(plan)["bootstrap"]["initdb"]) == {"database", "owner", "secret"}
 
 
 def depends_transitively(plan: Plan, urn: str, on: str) -> bool:

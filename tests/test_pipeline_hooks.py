@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.runtimes import mlserver
+from tests.runtimes import mlserver, seldon_wrapper
 from tests.services import mlflow_server, postgres, s3_api
 from tests.workloads.test_neo_data import nasa_csv
 from workloads.common import promotion
@@ -171,7 +171,16 @@ def test_mnist_blind_champion_replaced_then_rolled_back_by_the_hooks(services, c
     ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=blind.outputs["model-version"]))
     seeing = ok(hook(services, tmp_path, "mnist", "register", **quick)).outputs["model-version"]
     ok(hook(services, tmp_path, "mnist", "deploy", MODEL_VERSION=seeing))
-    assert "(in-process)" in ok(hook(services, tmp_path, "mnist", "smoke", SMOKE_MIN_ACCURACY="0.5")).stdout
+    # the blind champion served by the mnist image's server (Seldon's Python wrapper) from the registry
+    with seldon_wrapper("workloads.mnist.serving.MnistClassifier",
+                        {"MODEL_URI": "models:/mnist@champion", **tracking(services[1])}) as url:
+        outputs = tmp_path / "outputs.json"
+        outputs.write_text(json.dumps({"modelUrls": {"mnist": f"{url}/api/v1.0/predictions"}}))
+        smoke = ok(hook(services, tmp_path, "mnist", "smoke", SMOKE_MIN_ACCURACY="0.5", STACK_OUTPUTS=str(outputs)))
+        assert "(in-process)" in smoke.stdout and f"(champion v{blind.outputs['model-version']})" in smoke.stdout
+        served = hook(services, tmp_path, "mnist", "smoke", MODEL_ROLE="champion", SMOKE_MIN_ACCURACY="0.9",
+                      STACK_OUTPUTS=str(outputs))
+        assert served.returncode == 1 and "at least 0.90 required" in served.stdout  # the blind one fails
     ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=seeing))
     assert alias(client, "mnist", "champion") == seeing
     run = client.get_run(client.get_model_version("mnist", seeing).run_id)

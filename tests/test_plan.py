@@ -61,15 +61,15 @@ def test_mlflow_uses_the_platform_database_and_artifact_bucket(stack):
     secret = plan.manifest("Secret", "mlflow-server", mlflow_ns)["stringData"]
     uri = secret["backend-store-uri"]
     assert re.fullmatch(
-        rf"postgresql\+psycopg2://mlflow:[A-Za-z0-9]+@postgres\.{platform_ns}\.svc\.cluster\.local:5432/mlruns\?sslmode=disable",
+        rf"postgresql\+psycopg2://mlflow:[A-Za-z0-9]+@postgres-rw\.{platform_ns}\.svc\.cluster\.local:5432/mlruns\?sslmode=require",
         uri,
     ), uri
-    assert f"@postgres.{platform_ns}.svc.cluster.local:5432/mlflow_auth" in secret["auth.ini"]
+    assert f"@postgres-rw.{platform_ns}.svc.cluster.local:5432/mlflow_auth" in secret["auth.ini"]
     # the auth database is created next to the tracking database
-    postgres = plan.manifest("StatefulSet", "postgres", platform_ns)["spec"]["template"]["spec"]["containers"][0]
+    cluster = plan.manifest("Cluster", "postgres", platform_ns)["spec"]
     databases = plan.manifest("Job", "postgres-databases", platform_ns)["spec"]["template"]["spec"]["containers"][0]
     assert env_of(databases)["DATABASES"]["value"] == "mlflow_auth"
-    assert env_of(postgres)["POSTGRES_DB"]["value"] == "mlruns"
+    assert cluster["bootstrap"]["initdb"]["database"] == "mlruns"
 
     server = plan.manifest("Deployment", "mlflow", mlflow_ns)["spec"]["template"]["spec"]["containers"][0]
     assert server["args"] == ["--artifacts-destination", f"s3://{config.object_store.buckets.artifacts}"]
@@ -103,7 +103,7 @@ def _stateful(plan):
     """Data and the credentials data is locked with: losing either loses the data."""
     return [
         r for r in plan.resources
-        if r["type"].endswith(":StatefulSet") or r["name"] in ("database-password", "database-credentials",
+        if r["type"].endswith(":StatefulSet") or r["name"] in ("database-cluster",) or r["name"] in ("database-password", "database-credentials",
                                                                "mlflow-admin-password")
         or (r["name"].startswith("objectstore-") and r["type"].startswith("random:"))
     ]
@@ -120,16 +120,18 @@ def test_onprem_has_production_settings(plan_of):
     plan = plan_of("onprem")
     assert plan.manifest("Deployment", "mlflow")["spec"]["replicas"] == 2
     assert plan.manifest("PodDisruptionBudget", "mlflow")["spec"]["minAvailable"] == 1
-    cron = plan.manifest("CronJob", "postgres-backup")["spec"]
-    assert cron["schedule"] == "30 1 * * *" and cron["timeZone"] == "Europe/Madrid"
-    upload = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(upload)["BUCKET"]["value"] == "backups"
+    scheduled = plan.manifest("ScheduledBackup", "postgres-base")["spec"]
+    assert scheduled["schedule"] == "0 30 0 * * *" and scheduled["cluster"] == {"name": "postgres"}
+    cluster = plan.manifest("Cluster", "postgres")["spec"]
+    assert cluster["instances"] == 3 and cluster["enablePDB"] is True
+    assert cluster["backup"]["barmanObjectStore"]["destinationPath"] == "s3://backups/postgres"
 
 
 def test_dev_has_no_backup_and_one_replica(plan_of):
     plan = plan_of("dev")
     assert plan.manifest("Deployment", "mlflow")["spec"]["replicas"] == 1
-    assert not [o for o in plan.kubernetes_objects if o["kind"] == "CronJob"]
+    assert not [o for o in plan.kubernetes_objects if o["kind"] in ("CronJob", "ScheduledBackup")]
+    assert plan.manifest("Cluster", "postgres")["spec"]["instances"] == 1
 
 
 @pytest.mark.parametrize("stack", IN_CLUSTER)

@@ -143,7 +143,7 @@ def test_an_awaited_load_balancer_without_a_provisioner_is_an_error(plan_of):
 
 def test_an_unknown_storage_class_is_an_error(plan_of):
     plan = _dev(plan_of)
-    claim = _object(plan, "StatefulSet", "postgres")["manifest"]["spec"]["volumeClaimTemplates"][0]
+    claim = _object(plan, "StatefulSet", "seaweedfs")["manifest"]["spec"]["volumeClaimTemplates"][0]
     claim["spec"]["storageClassName"] = "fast-nvme"
     errors = check_integrity(plan, MINIKUBE)
     assert any("storageClassName 'fast-nvme' is neither made by the plan" in e for e in errors), errors

@@ -56,7 +56,7 @@ def test_credentials_come_only_from_secrets(dev):
                if o["kind"] == "Secret" and o["metadata"]["namespace"] == "ml-workloads"}
     assert set(secrets["mlflow-client"]) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     url = secrets["workloads-database"]["DATABASE_URL"]
-    assert url.startswith("postgresql://mlflow:") and url.endswith("/workloads?sslmode=disable")
+    assert url.startswith("postgresql://mlflow:") and url.endswith("/workloads?sslmode=require")
     energy = [o for o in dev.kubernetes_objects if o["kind"] in ("Job", "CronJob")
               and o["metadata"]["namespace"] == "ml-workloads"]
     assert len(energy) == 4

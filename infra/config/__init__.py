@@ -22,6 +22,7 @@ from infra.config.images import ImagesConfig
 from infra.config.mlflow import MlflowConfig
 from infra.config.monitoring import MonitoringConfig
 from infra.config.serving import ModelSourceConfig, ServedModelConfig, ServingConfig
+from infra.config.tenants import TenantDefaults, Tenants
 from infra.config.workloads import WorkloadsConfig
 
 # what the rest of the project imports from `infra.config`
@@ -46,6 +47,9 @@ class StackConfig(Model):
     images: ImagesConfig
     gcp: GcpConfig | None = None
     aws: AwsConfig | None = None
+    # after namespaces and serving: tenants are checked against both (infra/config/tenants.py)
+    tenant_defaults: TenantDefaults = TenantDefaults()
+    tenants: Tenants = Field(default_factory=dict, description="name -> tenant; fromFile: a YAML class list")
 
     @property
     def protected(self) -> bool:

@@ -59,6 +59,40 @@ class GithubConfig(Model):
         return self
 
 
+BUILDKIT_IMAGE = {"repository": "docker.io/moby/buildkit", "tag": "v0.32.2-rootless"}
+BUILDER_RESOURCES = {"cpu": "500m", "memory": "1Gi", "memoryLimit": "4Gi"}
+
+
+class BuilderConfig(Model):
+    """A rootless BuildKit daemon beside the runners: image builds without a Docker daemon on the
+    runner (docs/decisions/0013-in-cluster-image-builds.md). Only the runner pods reach it."""
+
+    enabled: bool = Field(default=False, description="run `buildkitd` in namespace arc-builder for the runners' jobs")
+    image: Image = Field(default=Image(**BUILDKIT_IMAGE),
+                         description="a moby/buildkit `-rootless` image (runs as UID 1000)")
+    resources: Resources = Resources.model_validate(BUILDER_RESOURCES)
+    insecure_registries: list[str] = Field(
+        default=[],
+        description="registries buildkitd pushes to over plain HTTP, e.g. minikube's registry addon "
+                    "'registry.kube-system.svc.cluster.local:80'")
+
+    @field_validator("image")
+    @classmethod
+    def _rootless(cls, v: Image) -> Image:
+        if not v.tag.endswith("-rootless"):
+            raise ValueError(f"tag {v.tag!r}: a '-rootless' BuildKit image is allowed (the builder runs as "
+                             "UID 1000, never root)")
+        return v
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        bad = [host for host in v if not re.fullmatch(r"[a-z0-9.-]+(:[0-9]{1,5})?", host)]
+        if bad:
+            raise ValueError(f"{bad}: registry hosts with an optional port are allowed, no scheme or path")
+        return v
+
+
 class RunnersConfig(Model):
     """A self-hosted runner scale set inside the cluster (actions-runner-controller), for clusters
     GitHub cannot reach: runners connect out to GitHub, nothing connects in."""
@@ -77,6 +111,7 @@ class RunnersConfig(Model):
         description="what jobs may change: 'serving' (deploy models) or 'cluster' (cluster-admin, for pulumi up)")
     resources: Resources
     controller_resources: Resources
+    builder: BuilderConfig = BuilderConfig()
 
     @field_validator("github_config_url")
     @classmethod
@@ -98,6 +133,8 @@ class RunnersConfig(Model):
             raise ValueError(f"minRunners {self.min_runners} is above maxRunners {self.max_runners}")
         if self.enabled and (self.github_config_url is None or self.github_token is None):
             raise ValueError("enabled runners need githubConfigUrl and githubToken (a secret)")
+        if self.builder.enabled and not self.enabled:
+            raise ValueError("builder.enabled builds for the in-cluster runners: set ci.runners.enabled true too")
         return self
 
 

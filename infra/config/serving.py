@@ -22,6 +22,27 @@ class SeldonConfig(Model):
     executor_resources: Resources
 
 
+class KServeConfig(Model):
+    """`serving.kserve`, read when `engine: kserve` (modules/serving/kserve.py). Models run on the
+    MLServer image and runtime of `serving.seldon` (mlserverImage, mlflowRuntime)."""
+
+    version: str = Field(default="v0.20.0", description="kserve-crd and kserve-resources chart version")
+    deployment_mode: Literal["Standard", "Knative"] = Field(
+        default="Standard", description="Standard: a Deployment + HPA per model, no Knative; Knative: "
+                                        "serverless, needs Knative Serving (with net-istio) already installed")
+    scale_to_zero: bool = Field(default=False, description="Knative mode only: models scale to zero when idle")
+    # the chart's defaults (values.yaml v0.20.0: requests = limits), not measured here
+    controller_resources: Resources = Resources(cpu="100m", memory="300Mi", cpu_limit="100m", memory_limit="300Mi")
+    rbac_proxy_resources: Resources = Resources(cpu="100m", memory="300Mi", cpu_limit="100m", memory_limit="300Mi")
+
+    @model_validator(mode="after")
+    def _scale_to_zero(self) -> KServeConfig:
+        if self.scale_to_zero and self.deployment_mode != "Knative":
+            raise ValueError("serving.kserve.scaleToZero needs deploymentMode: Knative (Standard mode's HPA "
+                             "keeps at least one replica)")
+        return self
+
+
 ALIAS = r"^[\w-]+$"  # MLflow's alias rule (mlflow.utils.validation); "latest" and v<N> are reserved
 
 
@@ -126,8 +147,9 @@ class RegistryServingConfig(Model):
 
 
 class ServingConfig(Model):
-    engine: Literal["seldon"] = Field(description="serving engine behind modules/serving/contract.py")
+    engine: Literal["seldon", "kserve"] = Field(description="serving engine behind modules/serving/contract.py")
     seldon: SeldonConfig
+    kserve: KServeConfig = KServeConfig()
     models: dict[str, ServedModelConfig] = Field(
         default_factory=dict, description="models to serve, by name (a DNS label)")
     registry: RegistryServingConfig = RegistryServingConfig()

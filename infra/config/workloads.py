@@ -48,6 +48,9 @@ class MnistWorkloadConfig(Model):
     enabled: bool = Field(default=False, description="deploy the mnist training Job (downloads MNIST over HTTPS)")
     image: Image = Field(description="image built from workloads/mnist/Dockerfile, target train")
     epochs: int = Field(ge=1, le=100, description="training epochs over the 60,000 images")
+    demo: bool = Field(default=False, description="serve the drawing page at models.<domain>/demo/mnist/; needs a "
+                                                  "serving.models entry running the mnist-server image (Seldon "
+                                                  "protocol)")
 
 
 class WorkloadsConfig(Model):

@@ -133,7 +133,8 @@ class CloudNativePg(pulumi.ComponentResource):
         ServiceMonitor (job="postgres") and the PostgresDown alert keep their target."""
         k8s.core.v1.Service(
             f"{name}-metrics",
-            metadata=kube.metadata("postgres-metrics", args.namespace, "database"),
+            # labelled `postgres`: the ServiceMonitor selects that name and takes it as the job label
+            metadata={"name": "postgres", "namespace": args.namespace, "labels": kube.labels("postgres", "database")},
             spec={"selector": {CLUSTER_LABEL: CLUSTER},
                   "ports": [{"name": "metrics", "port": METRICS_PORT, "target_port": "metrics"}]},
             opts=kube.child(self),

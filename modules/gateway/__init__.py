@@ -133,6 +133,7 @@ class IstioGateway(pulumi.ComponentResource):
     gateway: str  # "<namespace>/<name>", for Seldon's VirtualServices
     ready: pulumi.Resource
     release: k8s.helm.v3.Release  # the ingress gateway's release (its Service)
+    cert_manager: k8s.helm.v3.Release | None = None  # with TLS; KServe's webhook certificate uses it too
     service_type: ServiceType
 
     def __init__(self, name: str, args: IstioGatewayArgs, opts: pulumi.ResourceOptions | None = None):
@@ -243,6 +244,7 @@ class IstioGateway(pulumi.ComponentResource):
                     "webhook": {"resources": r}, "cainjector": {"resources": r}, **_dns01_values(args.dns)},
             opts=kube.child(self),
         )
+        self.cert_manager = cert_manager
         issuer = k8s.apiextensions.CustomResource(
             f"{name}-issuer", api_version="cert-manager.io/v1", kind="Issuer",
             metadata=kube.metadata(ISSUER_NAME, ns, "gateway"), spec=issuer_spec(tls, args.dns),

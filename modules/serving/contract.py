@@ -89,6 +89,9 @@ class ModelDeploymentArgs:
     storage_secret: pulumi.Input[str] | None = None  # storage-initializer credentials (in-cluster S3)
     registry: RegistryAccess | None = None  # required when a source is a RegistryAlias
     placement: Mapping[str, Any] = field(default_factory=dict)  # Placement.pod_spec(): the workload pool
+    # the engine's object (and URL) name when it differs from the Pulumi name: the same model name in
+    # many tenant namespaces (modules/tenants) needs distinct Pulumi names
+    object_name: str | None = None
 
     def __post_init__(self) -> None:
         aliased = [s for s in (self.source, self.candidate) if isinstance(s, RegistryAlias)]

@@ -225,13 +225,14 @@ class SeldonModel(DeployedModel):
             f"{name}-deployment",
             api_version=API_VERSION,
             kind="SeldonDeployment",
-            metadata=kube.metadata(name, args.namespace, "serving",
+            metadata=kube.metadata(args.object_name or name, args.namespace, "serving",
                                    **({"annotations": a} if (a := alias_annotations(args)) else {})),
             spec=spec,
             opts=kube.child(self),
         )
         path = f"v2/models/{NODE}/infer" if spec["protocol"] == "v2" else "api/v1.0/predictions"
-        self.url = pulumi.Output.concat(gateway_host, "/seldon/", args.namespace, f"/{name}/{path}")
+        self.url = pulumi.Output.concat(gateway_host, "/seldon/", args.namespace,
+                                        f"/{args.object_name or name}/{path}")
         self.register_outputs({"url": self.url})
 
 

@@ -130,6 +130,7 @@ def shadow_gate(conn: psycopg.Connection, client: MlflowClient, days: int, margi
 def promote() -> None:
     client = MlflowClient()
     with store.connect(database_url()) as conn:
+        store.ensure_tables(conn, TABLES.values())  # before the first CronJob run they may not exist
         decision = shadow_gate(conn, client, int(hooks.number("PROMOTE_DAYS", 7)), hooks.number("PROMOTE_MARGIN", 0.0))
     hooks.promote_or_fail(client, decision)
 

@@ -84,7 +84,10 @@ def smoke() -> None:
     if served is not None:
         url = hooks.model_url(hooks.env("SERVING_NAME", "mnist"))
         answers = hooks.served_answers(url, request_body(url, images), digits_of, served)
-        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected, minimum)
+        # the challenger's stage checks the champion still answers every request; its own accuracy
+        # was checked in-process above
+        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected,
+                             minimum if role != CHALLENGER else 0.0)
 
 
 def promote() -> None:

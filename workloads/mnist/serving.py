@@ -12,20 +12,27 @@ tracking URI). It answers
   request shapes and returns digit + probabilities:
   - Seldon: `{"data": {"ndarray": [<28x28 image>, ...]}}` (or `tensor` with `shape`/`values`) →
     `{"jsonData": {"digits": [...], "probabilities": [[10 floats], ...]}}`;
+  - Seldon `{"binData": "<base64 PNG>"}`: one picture of a digit (the drawing page sends this);
   - V2: `{"inputs": [{"name": "image", "shape": [N, 28, 28], "datatype": "FP32", "data": [...]}]}`
-    → `{"model_name": "mnist", "outputs": [{"name": "digit", ...}, {"name": "probabilities", ...}]}`.
+    → `{"model_name": "mnist", "outputs": [{"name": "digit", ...}, {"name": "probabilities", ...}]}`;
+    datatype `BYTES` with shape `[N]` carries N base64 PNGs instead.
 
 Pixels are floats in [0, 1]; images with values up to 255 are taken as raw MNIST bytes and scaled.
-Bad payloads raise `PayloadError` (HTTP 400 in the Seldon wrapper) naming what is wrong.
+A PNG of any size and polarity is turned into an MNIST digit first (`png_to_image`). Bad payloads
+raise `PayloadError` (HTTP 400 in the Seldon wrapper) naming what is wrong.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 try:  # the wrapper maps this exception's status_code to the HTTP status; absent outside the image
     from seldon_core.flask_utils import SeldonMicroserviceException as _ServingError
@@ -38,6 +45,13 @@ except ImportError:  # pragma: no cover - exercised only without seldon-core
 MAX_BATCH = 256  # images per request: bounds the memory one request can take
 CLASS_NAMES = [str(d) for d in range(10)]
 V2_DATATYPES = {"FP32", "FP64", "INT32", "INT64", "UINT8"}
+# PNG input: the wrapper has parsed the whole body before the class sees it, so these bound the
+# decoding work (a few KB for a 280x280 drawing); the pixel bound is checked before decompressing.
+MAX_PNG_BYTES = 1 << 20
+MAX_PNG_SIDE = 1024
+MAX_PNG_BATCH = 16
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INK = 0.1  # a pixel darker (on light paper) or lighter (on dark) than this by 10 % is ink
 
 
 class PayloadError(_ServingError):
@@ -63,6 +77,57 @@ def as_images(values: Any) -> np.ndarray:
     return images / 255.0 if images.max() > 1 else images
 
 
+def decode_png(encoded: Any) -> np.ndarray:
+    """A base64 PNG → its grey levels, (H, W) float32 in [0, 1], transparency composited on white."""
+    if not isinstance(encoded, str) or not encoded:
+        raise PayloadError("a PNG must be a non-empty base64 string")
+    if len(encoded) > (MAX_PNG_BYTES + 2) // 3 * 4:
+        raise PayloadError(f"PNG larger than {MAX_PNG_BYTES} bytes; send a smaller picture (280x280 is plenty)")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise PayloadError(f"PNG is not valid base64 ({err})") from None
+    if not raw.startswith(PNG_SIGNATURE):
+        raise PayloadError("not a PNG file (it lacks the PNG signature)")
+    try:
+        with Image.open(io.BytesIO(raw), formats=["PNG"]) as picture:
+            if max(picture.size) > MAX_PNG_SIDE:
+                raise PayloadError(f"PNG of {picture.size[0]}x{picture.size[1]} pixels; at most "
+                                   f"{MAX_PNG_SIDE}x{MAX_PNG_SIDE}")
+            rgba = picture.convert("RGBA")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise PayloadError(f"PNG cannot be decoded ({err})") from None
+    paper = Image.new("RGBA", rgba.size, "white")
+    return np.asarray(Image.alpha_composite(paper, rgba).convert("L"), dtype=np.float32) / 255.0
+
+
+def to_mnist(grey: np.ndarray) -> np.ndarray:
+    """Any picture of one digit → a 28x28 MNIST digit, as MNIST's own were made: light ink on
+    black, the ink's bounding box scaled to fit 20x20 (aspect kept, anti-aliased), placed in
+    28x28 with its centre of mass at the centre."""
+    ink = 1.0 - grey if np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])) > 0.5 else grey
+    rows, cols = np.nonzero(ink > INK)
+    if rows.size == 0:
+        raise PayloadError("the picture has no ink: draw a digit")
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = 20 / max(ink.shape)
+    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+    digit = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS))
+    digit = np.clip(digit, 0, None) / max(float(digit.max()), 1e-6)  # Lanczos rings slightly below 0
+    ys, xs = np.indices(digit.shape)
+    top = 14 - round(float((ys * digit).sum() / digit.sum()))
+    left = 14 - round(float((xs * digit).sum() / digit.sum()))
+    margin = 28  # the centre of mass may put part of the box outside 28x28: paste with room, then cut
+    sheet = np.zeros((28 + 2 * margin, 28 + 2 * margin), dtype=np.float32)
+    sheet[margin + top:margin + top + digit.shape[0], margin + left:margin + left + digit.shape[1]] = digit
+    return sheet[margin:margin + 28, margin:margin + 28]
+
+
+def png_to_image(encoded: Any) -> np.ndarray:
+    """A base64 PNG of a digit → the (28, 28) image the model reads."""
+    return to_mnist(decode_png(encoded))
+
+
 class MnistClassifier:
     def __init__(self, model_uri: str | None = None) -> None:
         import mlflow.pyfunc
@@ -83,7 +148,10 @@ class MnistClassifier:
             return self._v2(request)
         if "data" in request:
             return self._seldon(request)
-        raise PayloadError('expected a Seldon body {"data": {"ndarray": ...}} or a V2 body {"inputs": [...]}')
+        if "binData" in request:
+            return self._answer(self.predict(png_to_image(request["binData"])[None]))
+        raise PayloadError('expected a Seldon body {"data": {"ndarray": ...}} or {"binData": "<base64 PNG>"}, '
+                           'or a V2 body {"inputs": [...]}')
 
     def _seldon(self, request: dict[str, Any]) -> dict[str, Any]:
         data = request["data"]
@@ -95,7 +163,10 @@ class MnistClassifier:
             values = _reshaped(data["tensor"]["values"], data["tensor"]["shape"])
         else:
             raise PayloadError('"data" needs "ndarray" (nested lists) or "tensor" ({"shape", "values"})')
-        probs = self.predict(values)
+        return self._answer(self.predict(values))
+
+    @staticmethod
+    def _answer(probs: np.ndarray) -> dict[str, Any]:
         return {"jsonData": {"digits": probs.argmax(axis=1).tolist(), "probabilities": probs.tolist()}}
 
     def _v2(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -106,9 +177,14 @@ class MnistClassifier:
         missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
         if missing:
             raise PayloadError(f"input tensor lacks {missing}")
-        if tensor["datatype"] not in V2_DATATYPES:
-            raise PayloadError(f"datatype {tensor['datatype']!r}; allowed: {sorted(V2_DATATYPES)}")
-        probs = self.predict(_reshaped(tensor["data"], tensor["shape"]))
+        if tensor["datatype"] == "BYTES":
+            images = _pngs(tensor["data"], tensor["shape"])
+        elif tensor["datatype"] in V2_DATATYPES:
+            images = _reshaped(tensor["data"], tensor["shape"])
+        else:
+            raise PayloadError(f"datatype {tensor['datatype']!r}; allowed: {sorted(V2_DATATYPES | {'BYTES'})} "
+                               "(BYTES: base64 PNGs)")
+        probs = self.predict(images)
         n = len(probs)
         return {
             "model_name": "mnist",
@@ -124,3 +200,12 @@ def _reshaped(values: Any, shape: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float32).reshape([int(s) for s in shape])
     except (TypeError, ValueError) as err:
         raise PayloadError(f"data does not fit shape {shape} ({err})") from None
+
+
+def _pngs(data: Any, shape: Any) -> np.ndarray:
+    """A V2 BYTES tensor of shape [N]: N base64 PNGs → (N, 28, 28)."""
+    if not isinstance(data, list) or shape != [len(data)] or not data:
+        raise PayloadError(f"a BYTES tensor holds base64 PNGs with shape [N] = [len(data)]; got shape {shape}")
+    if len(data) > MAX_PNG_BATCH:
+        raise PayloadError(f"{len(data)} PNGs in one request; at most {MAX_PNG_BATCH}")
+    return np.stack([png_to_image(item) for item in data])

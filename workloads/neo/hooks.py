@@ -60,7 +60,10 @@ def smoke() -> None:
     if served is not None:
         url = hooks.model_url(hooks.env("SERVING_NAME", "neo"))
         answers = hooks.served_answers(url, payload.v2(frame), v2_labels, served)
-        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected, minimum)
+        # the challenger's stage checks the champion still answers every request; its own accuracy
+        # was checked in-process above
+        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected,
+                             minimum if role != CHALLENGER else 0.0)
 
 
 def promote() -> None:
