@@ -77,7 +77,7 @@ def declare(config: StackConfig) -> None:
         }),
         opts=k8s_opts,
     )
-    tenants = _tenants(config, namespaces, k8s_opts)
+    tenants = _tenants(config, platform, namespaces, k8s_opts)
     mlflow_access = BucketAccess(
         client="mlflow", namespace=namespaces.names["mlflow"], service_account="mlflow",
         buckets=["artifacts", "datasets"],
@@ -196,19 +196,27 @@ def ci_mlflow_user(namespace: pulumi.Input[str]) -> MlflowUser:
     return MlflowUser(CI_MLFLOW_USER, namespace, CI_MLFLOW_SECRET, tuple(permissions))
 
 
-def _tenants(config: StackConfig, namespaces: Namespaces, opts: pulumi.ResourceOptions) -> Tenants:
-    """A fenced namespace per tenant (modules/tenants). Without a keyless cloud identity for its
-    repositories, a tenant's CI deploys with a namespaced token (docs/decisions/0015-tenant-ci-access.md)."""
+def _tenants(config: StackConfig, platform: Platform, namespaces: Namespaces,
+             opts: pulumi.ResourceOptions) -> Tenants:
+    """A fenced namespace per tenant (modules/tenants). On gke/eks its repositories get a keyless
+    identity bound to its Role alone; elsewhere its CI deploys with a namespaced token
+    (docs/decisions/0015-tenant-ci-access.md)."""
     d = config.tenant_defaults
+    keyless = config.platform in ("gke", "eks")
+    repositories = {name: t.repositories for name, t in config.tenants.items() if t.repositories}
+    identities = platform.tenant_ci_identities(repositories, d.deploy_ref) if keyless and repositories else {}
+    if identities:
+        pulumi.export("tenantCiIdentities", {name: dict(i.outputs) for name, i in identities.items()})
     limits = {"default": {"cpu": d.limits.default.cpu_limit, "memory": d.limits.default.memory_limit},
               "defaultRequest": {"cpu": d.limits.default.cpu, "memory": d.limits.default.memory},
               "max": {"cpu": d.limits.max.cpu, "memory": d.limits.max.memory}}
     specs = [TenantSpec(name=name, pod_security=d.pod_security, limits=limits, members=t.members,
-                        repositories=t.repositories, quota=quota_hard(**t.quota.model_dump()))
+                        repositories=t.repositories, quota=quota_hard(**t.quota.model_dump()),
+                        ci_subjects=[identities[name].model_deployer] if name in identities else [])
              for name, t in config.tenants.items()]
     return Tenants("tenants", TenantsArgs(
         tenants=specs, gateway_namespace="istio-system", monitoring_namespace=namespaces.names["monitoring"],
-        platform_namespace=namespaces.names["platform"], deploy_tokens=config.platform not in ("gke", "eks"),
+        platform_namespace=namespaces.names["platform"], deploy_tokens=not keyless,
     ), opts=opts)
 
 

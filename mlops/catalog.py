@@ -133,10 +133,9 @@ def served_version(metadata: Mapping[str, Any]) -> str | None:
     parameters = metadata.get("parameters")
     if isinstance(parameters, Mapping) and parameters.get("version") is not None:
         return str(parameters["version"])
-    versions = metadata.get("versions")
-    if isinstance(versions, list) and versions:
-        return str(versions[0])
-    return None
+    listed = metadata.get("versions")
+    versions = [str(v) for v in listed if v not in (None, "")] if isinstance(listed, list) else []
+    return versions[0] if versions else None
 
 
 def _seldon_model(metadata: dict[str, Any]) -> dict[str, Any]:

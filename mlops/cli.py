@@ -223,6 +223,32 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mlops.evaluate import run
+
+    return run(args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The catalog (mlops/catalog.py): what each model endpoint says it serves."""
+    from mlops import catalog
+
+    if not (args.stack or args.outputs):
+        print("mlops models: give --outputs FILE or --stack STACK", file=sys.stderr)
+        return 2
+    outputs = _outputs(args, "models")
+    if outputs is None:
+        return 2
+    try:
+        items = catalog.endpoints(outputs, [args.tenant] if args.tenant else None)
+    except ValueError as error:
+        print(f"mlops models: {error}", file=sys.stderr)
+        return 2
+    entries = catalog.catalog(items, catalog.http_get(args.timeout, verify_tls=not args.insecure))
+    print(catalog.render_json(entries) if args.format == "json" else catalog.render_table(entries))
+    return 0
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from mlops.cost.cli import run
 
@@ -311,6 +337,22 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--pipeline-repo", help="owner/name of mlops-stack on GitHub (default: this checkout's origin)")
     new.add_argument("--pipeline-ref", help="commit SHA or vX.Y.Z tag of model-pipeline.yml (default: this checkout's HEAD)")
     new.set_defaults(run=cmd_new_model)
+
+    evaluate = commands.add_parser("evaluate", help="score every (tenant) model on the same held-out data: "
+                                                    "leaderboard, MLflow, Prometheus")
+    from mlops.evaluate import add_arguments as evaluate_arguments
+
+    evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    catalog = commands.add_parser("models", help="served models: versions, endpoints, inputs/outputs (metadata)")
+    catalog.add_argument("--tenant", help="only this tenant's models (`platform`: the platform's own)")
+    catalog.add_argument("--stack", help=f"one of: {stacks} (its outputs via `pulumi stack output`)")
+    catalog.add_argument("--outputs", help="JSON file: stack outputs, or {tenant: {model: url}} / {model: url}")
+    catalog.add_argument("--format", choices=("table", "json"), default="table")
+    catalog.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    catalog.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+    catalog.set_defaults(run=cmd_models)
 
     cost = commands.add_parser("cost", help="monthly list-price cost per resource; --compare gke,eks,onprem")
     from mlops.cost.cli import add_arguments

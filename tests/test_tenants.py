@@ -100,13 +100,12 @@ def _object_problems(tenant: str, objects: list[dict[str, Any]], config: Any, ca
         problems += [f"{tenant}: RoleBinding subject {s}" for s in binding["subjects"]
                      if s.get("kind") != "ServiceAccount" or s.get("namespace") != tenant]
     for sdep in kinds["SeldonDeployment"]:
-        served = re.findall(r'"registry_model": "([^"]+)"', json.dumps(sdep))
+        env = [e for p in sdep["spec"]["predictors"] for c in p["componentSpecs"]
+               for k in c["spec"]["containers"] for e in k.get("env", [])]
+        served = [json.loads(e["value"])["registry_model"] for e in env if e["name"] == "MLSERVER_MODEL_EXTRA"]
         if not served or any(not m.startswith(f"{tenant}.") for m in served):
             problems.append(f"{tenant}: SeldonDeployment {sdep['metadata']['name']} serves {served}")
-        secrets = set(re.findall(r"'name': '([^']+)'", str([e.get("valueFrom") for p in sdep["spec"]["predictors"]
-                                                               for c in p["componentSpecs"]
-                                                               for k in c["spec"]["containers"]
-                                                               for e in k.get("env", [])])))
+        secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
         if secrets - {READER_SECRET}:
             problems.append(f"{tenant}: SeldonDeployment {sdep['metadata']['name']} reads Secrets {secrets}")
     return problems

@@ -111,6 +111,8 @@ class TenantDefaults(Model):
         default="baseline", description="Pod Security Standard enforced (Seldon's model pods meet baseline)")
     quota: TenantQuota = Field(default_factory=lambda: _DEFAULT_QUOTA)
     limits: TenantLimits = TenantLimits()
+    deploy_ref: str = Field(default="refs/heads/main", pattern=r"^refs/(heads|tags)/[\w./-]+$",
+                            description="gke/eks: the only ref of a tenant repository whose jobs get its identity")
     model: dict[str, Any] = Field(default_factory=dict, description="defaults of each tenant model (the keys of "
                                   "serving.models.<name>); resources default to limits.default")
 

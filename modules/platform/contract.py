@@ -158,6 +158,12 @@ class Platform(abc.ABC):
         by the `models` identity alone; returns the reference the pipeline reads it by. After ci_identities()."""
         raise NotImplementedError(f"{type(self).__name__} has no cloud secret manager")
 
+    def tenant_ci_identities(self, tenants: Mapping[str, Sequence[str]], deploy_ref: str) -> Mapping[str, CiIdentities]:
+        """Per tenant (-> its repositories): a keyless identity only jobs of those repositories on
+        `deploy_ref` assume, whose `model_deployer` subject the tenant binds to its own Role; {} where
+        the platform has none (tenants deploy with a namespaced token, docs/decisions/0015)."""
+        return {}
+
     def placement(self, role: PoolRole) -> Placement:
         """Where pods of `role` run: platform services on "system", model servers and Jobs on "workload"."""
         return Placement()

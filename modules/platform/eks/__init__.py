@@ -31,7 +31,14 @@ from modules.platform.contract import (
 from modules.platform.eks.cluster import EksCluster, EksClusterArgs
 from modules.platform.eks.database import RdsArgs, RdsPostgres
 from modules.platform.eks.dns import GatewayDns, GatewayDnsArgs
-from modules.platform.eks.github import GithubRoles, GithubRolesArgs, ModelsValues, ModelsValuesArgs
+from modules.platform.eks.github import (
+    GithubRoles,
+    GithubRolesArgs,
+    ModelsValues,
+    ModelsValuesArgs,
+    TenantRoles,
+    TenantRolesArgs,
+)
 from modules.platform.eks.identity import ServiceAccountRole, ServiceAccountRoleArgs
 from modules.platform.eks.network import Vpc, VpcArgs
 from modules.platform.eks.storage import Buckets, BucketsArgs, Registry, RegistryArgs
@@ -154,6 +161,17 @@ class EksPlatform(Platform):
             repositories=self._registry.repositories, key_arn=self._key.arn,
             create_oidc_provider=self.settings.create_github_oidc_provider), opts=self._opts)
         return self._github.identities
+
+    def tenant_ci_identities(self, tenants: Mapping[str, Sequence[str]], deploy_ref: str) -> Mapping[str, CiIdentities]:
+        if self._eks is None:
+            raise RuntimeError("EksPlatform.cluster() must be called before tenant_ci_identities()")
+        if self._github is None and self.settings.create_github_oidc_provider:
+            raise ValueError("tenants on eks trust the account's GitHub OIDC provider, which this stack creates only "
+                             "later (ci.github.createAwsOidcProvider): set ci.github.awsOidcProviderArn, or create "
+                             "the provider first")
+        return TenantRoles("tenant-github", TenantRolesArgs(
+            prefix=self.settings.prefix, tenants=tenants, deploy_ref=deploy_ref, cluster=self._eks.cluster,
+            provider_arn=self._github.provider_arn if self._github is not None else None), opts=self._opts).identities
 
     def ci_values(self, values: pulumi.Input[str]) -> pulumi.Output[str]:
         if self._github is None or self._key is None:

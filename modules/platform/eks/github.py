@@ -9,7 +9,7 @@ it only when told to (`ci.github.createAwsOidcProvider`), or takes its ARN as co
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -68,6 +68,7 @@ def _models_policy(values: list[str]) -> str:
 class GithubRoles(pulumi.ComponentResource):
     identities: CiIdentities
     models_role: aws.iam.Role
+    provider_arn: pulumi.Input[str]  # the account's GitHub OIDC provider (tenant roles trust it too)
 
     def __init__(self, name: str, args: GithubRolesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:aws:GithubRoles", name, None, opts)
@@ -81,6 +82,7 @@ class GithubRoles(pulumi.ComponentResource):
         else:
             provider_arn = aws.iam.get_open_id_connect_provider_output(
                 url=ISSUER, opts=pulumi.InvokeOutputOptions(parent=self)).arn
+        self.provider_arn = provider_arn
         roles = {}
         for purpose, subjects in args.github.subjects().items():
             role = aws.iam.Role(
@@ -115,6 +117,56 @@ class GithubRoles(pulumi.ComponentResource):
             model_deployer={"kind": "Group", "name": MODEL_DEPLOYERS, "api_group": "rbac.authorization.k8s.io"},
         )
         self.register_outputs(dict(self.identities.outputs))
+
+
+def tenant_group(tenant: str) -> str:
+    """The Kubernetes group of a tenant's role: bound to the tenant Role in its namespace only."""
+    return f"mlops-tenant-{tenant}"
+
+
+def _describe_cluster_policy(cluster_arn: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Kubeconfig", "Effect": "Allow", "Action": "eks:DescribeCluster", "Resource": cluster_arn}]})
+
+
+@dataclass(frozen=True)
+class TenantRolesArgs:
+    prefix: str
+    tenants: Mapping[str, Sequence[str]]  # tenant -> its repositories (owner/name)
+    deploy_ref: str  # refs/heads/main: only jobs on this ref of those repositories
+    cluster: aws.eks.Cluster
+    provider_arn: pulumi.Input[str] | None = None  # else the account's provider, looked up by URL
+
+
+class TenantRoles(pulumi.ComponentResource):
+    """Per tenant an IAM role only `repo:<repository>:ref:<deploy_ref>` of its repositories assume,
+    allowed nothing in AWS but a kubeconfig, and an EKS access entry with no access policy whose
+    Kubernetes group is bound to the tenant Role in the tenant namespace alone."""
+
+    identities: dict[str, CiIdentities]
+
+    def __init__(self, name: str, args: TenantRolesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:aws:TenantRoles", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        provider_arn = args.provider_arn or aws.iam.get_open_id_connect_provider_output(
+            url=ISSUER, opts=pulumi.InvokeOutputOptions(parent=self)).arn
+        self.identities = {}
+        for tenant, repositories in args.tenants.items():
+            subjects = [f"repo:{r}:ref:{args.deploy_ref}" for r in repositories]
+            role = aws.iam.Role(
+                f"{name}-{tenant}", name=f"{args.prefix}-t-{tenant}", max_session_duration=3600,
+                description=f"GitHub Actions of tenant {tenant}",
+                assume_role_policy=pulumi.Output.from_input(provider_arn).apply(
+                    lambda arn, subjects=subjects: trust_policy(arn, subjects)),
+                opts=child)
+            aws.iam.RolePolicy(f"{name}-{tenant}", role=role.name, name="kubeconfig",
+                               policy=args.cluster.arn.apply(_describe_cluster_policy), opts=child)
+            aws.eks.AccessEntry(f"{name}-{tenant}", cluster_name=args.cluster.name, principal_arn=role.arn,
+                                type="STANDARD", kubernetes_groups=[tenant_group(tenant)], opts=child)
+            self.identities[tenant] = CiIdentities(
+                outputs={"roleArn": role.arn},
+                model_deployer={"kind": "Group", "name": tenant_group(tenant), "api_group": "rbac.authorization.k8s.io"})
+        self.register_outputs({})
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ from modules.platform.contract import (
 from modules.platform.gke.cluster import GkeCluster, GkeClusterArgs
 from modules.platform.gke.database import CloudSqlArgs, CloudSqlPostgres
 from modules.platform.gke.dns import GatewayDns, GatewayDnsArgs
-from modules.platform.gke.github import GithubFederation, GithubFederationArgs, ModelsValues, ModelsValuesArgs
+from modules.platform.gke.github import (
+    GithubFederation,
+    GithubFederationArgs,
+    ModelsValues,
+    ModelsValuesArgs,
+    TenantFederation,
+    TenantFederationArgs,
+)
 from modules.platform.gke.identity import WorkloadIdentity, WorkloadIdentityArgs
 from modules.platform.gke.network import Network, NetworkArgs
 from modules.platform.gke.storage import Buckets, BucketsArgs, Registry, RegistryArgs
@@ -163,6 +170,11 @@ class GkePlatform(Platform):
         self._github = GithubFederation("github", GithubFederationArgs(
             project=s.project, prefix=s.prefix, github=github, repository=self._registry.repository), opts=self._opts)
         return self._github.identities
+
+    def tenant_ci_identities(self, tenants: Mapping[str, Sequence[str]], deploy_ref: str) -> Mapping[str, CiIdentities]:
+        s = self.settings
+        return TenantFederation("tenant-github", TenantFederationArgs(
+            project=s.project, prefix=s.prefix, tenants=tenants, deploy_ref=deploy_ref), opts=self._opts).identities
 
     def ci_values(self, values: pulumi.Input[str]) -> pulumi.Output[str]:
         if self._github is None:

@@ -6,7 +6,9 @@ needs from one Secret Manager secret that only `models` may access, never the Pu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -95,6 +97,65 @@ class GithubFederation(pulumi.ComponentResource):
                                    member=account.member, opts=child)
         return account.email
 
+
+
+TENANT_ROLES = ["roles/container.clusterViewer"]  # a kubeconfig; what it may do inside is the tenant Role
+
+
+@dataclass(frozen=True)
+class TenantFederationArgs:
+    project: str
+    prefix: str
+    tenants: Mapping[str, Sequence[str]]  # tenant -> its repositories (owner/name)
+    deploy_ref: str  # refs/heads/main: only jobs on this ref of those repositories
+
+
+def tenant_account_id(prefix: str, tenant: str) -> str:
+    """`<prefix>-t-<tenant>` within Google's 30 characters, else a digest that stays unique."""
+    account = f"{prefix}-t-{tenant}"
+    return account if len(account) <= 30 else f"{prefix[:12]}-t-{hashlib.sha256(account.encode()).hexdigest()[:12]}"
+
+
+class TenantFederation(pulumi.ComponentResource):
+    """Keyless CI for tenants' repositories: a pool of its own (the platform's provider admits only the
+    platform repository) whose provider admits the tenants' repository owners, and per tenant a Google
+    service account that only `repo:<repository>:ref:<deploy_ref>` of its own repositories may
+    impersonate. GKE authenticates it as a user named by its e-mail, bound to the tenant Role alone."""
+
+    identities: dict[str, CiIdentities]
+
+    def __init__(self, name: str, args: TenantFederationArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlops:gcp:TenantFederation", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        owners = sorted({r.split("/", 1)[0] for repositories in args.tenants.values() for r in repositories})
+        pool = gcp.iam.WorkloadIdentityPool(
+            name, project=args.project, workload_identity_pool_id=unique_name(f"{name}-pool", f"{args.prefix}-tenants",
+                                                                              child),
+            display_name="Tenant repositories", description="GitHub Actions of the tenants' repositories", opts=child)
+        provider = gcp.iam.WorkloadIdentityPoolProvider(
+            name, project=args.project, workload_identity_pool_id=pool.workload_identity_pool_id,
+            workload_identity_pool_provider_id=unique_name(f"{name}-provider", "github", child),
+            display_name="GitHub Actions OIDC (tenants)",
+            attribute_mapping={"google.subject": "assertion.sub", "attribute.repository": "assertion.repository"},
+            attribute_condition=f"assertion.repository_owner in {json.dumps(owners)}",
+            oidc=gcp.iam.WorkloadIdentityPoolProviderOidcArgs(issuer_uri=ISSUER),
+            opts=child)
+        self.identities = {}
+        for tenant, repositories in args.tenants.items():
+            account = gcp.serviceaccount.Account(
+                f"{name}-{tenant}", project=args.project, account_id=tenant_account_id(args.prefix, tenant),
+                display_name=f"GitHub Actions of tenant {tenant}", opts=child)
+            for i, repository in enumerate(repositories):
+                gcp.serviceaccount.IAMMember(
+                    f"{name}-{tenant}-subject-{i}", service_account_id=account.name, role="roles/iam.workloadIdentityUser",
+                    member=principal(pool.name, f"repo:{repository}:ref:{args.deploy_ref}"), opts=child)
+            for role in TENANT_ROLES:
+                gcp.projects.IAMMember(f"{name}-{tenant}-{role.rsplit('/', 1)[-1]}", project=args.project, role=role,
+                                       member=account.member, opts=child)
+            self.identities[tenant] = CiIdentities(
+                outputs={"workloadIdentityProvider": provider.name, "serviceAccount": account.email},
+                model_deployer={"kind": "User", "name": account.email, "api_group": "rbac.authorization.k8s.io"})
+        self.register_outputs({})
 
 
 @dataclass(frozen=True)
