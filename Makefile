@@ -23,7 +23,8 @@ $(VENV)/bin/python:
 venv: $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -e .
 
-test-deps: $(VENV)/bin/python $(TOOLS)/checkov/installed $(TOOLS)/mlserver/installed $(TOOLS)/seldon/installed
+test-deps: $(VENV)/bin/python $(TOOLS)/checkov/installed $(TOOLS)/mlserver/installed $(TOOLS)/seldon/installed \
+		$(TOOLS)/kserve/installed
 	$(VENV)/bin/pip install --quiet -e ".[test]"
 
 # Tools whose own pins clash with the project's, each in a virtualenv of its own under .venv/tools:
@@ -45,6 +46,11 @@ $(TOOLS)/mlserver/installed: modules/serving/mlserver-image/requirements.txt | $
 # torch 2.13.0 is the CPU build (the image takes it from PyTorch's CPU index)
 $(TOOLS)/seldon/installed: workloads/mnist/requirements.txt | $(VENV)/bin/python
 	$(call tool_venv,torch==2.13.0 -r $<)
+
+# the kserve SDK's typed models (InferenceService round trip); kserve 0.20.0's openapi models need a
+# kubernetes client still generated in the same style (34+ switched generators)
+$(TOOLS)/kserve/installed: | $(VENV)/bin/python
+	$(call tool_venv,kserve==0.20.0 kubernetes==33.1.0)
 
 test: test-deps
 	$(VENV)/bin/python -m pytest

@@ -86,7 +86,7 @@ def _server(db: Postgres, dbs: Databases, s3_endpoint: str, bucket: str, auth: b
     log = work / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen([*command, "--artifacts-destination", f"s3://{bucket}"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=work)
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
     try:
         yield Server(f"http://127.0.0.1:{port}", process, log)
     finally:

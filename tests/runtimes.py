@@ -67,7 +67,7 @@ def _server(command: list[str], env: dict[str, str], ready_path: str, port: int,
     inherited = {k: v for k, v in os.environ.items() if k not in drop}
     with log.open("w") as out:
         process = subprocess.Popen([*ONE_CPU, *command], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**inherited, **SINGLE_THREAD, **env})
+                                   env={**inherited, **SINGLE_THREAD, **env}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + ready_path, process, timeout, log)

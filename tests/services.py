@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,14 +31,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop(process: subprocess.Popen) -> None:
-    """Terminate, and kill what does not exit within 20 s."""
-    process.terminate()
+def stop(process: subprocess.Popen, grace: float = 10) -> None:
+    """Terminate the server and every process it started (servers run in a session of their own:
+    gunicorn and uvicorn workers would outlive their master), and kill what is left after `grace` s."""
+    own_group = _group_of(process.pid) == process.pid
+    _signal(process, signal.SIGTERM, own_group)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        pass
+    _signal(process, signal.SIGKILL, own_group)  # the master's leftover workers too
+    process.wait()
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _signal(process: subprocess.Popen, sig: int, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(process.pid, sig)
+        elif process.poll() is None:
+            process.send_signal(sig)
+    except ProcessLookupError:
+        pass
 
 
 def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -151,7 +172,7 @@ def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
     log = work / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen([*command, "--artifacts-destination", f"s3://{artifacts_bucket}"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work)
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", timeout=90, process=process)

@@ -262,8 +262,35 @@ def test_restore_to_a_point_in_time_between_the_two_phases(drill: Drill) -> None
         check_restored_rows(server, drill)
 
 
-def test_restore_from_the_offsite_copy_alone(drill: Drill, stack: StackArchive) -> None:
-    """The CronJob's script copies both buckets to a second S3 API; the original store is wiped;
+def test_a_target_before_the_first_backup_is_refused(drill: Drill) -> None:
+    backups = list_backups(drill.archive, tools_env())
+    with pytest.raises(RestoreError, match="no completed base backup ends before"):
+        backup_for(backups, backups[0].end_time - timedelta(seconds=1))
+
+
+def test_backup_check_passes_on_the_fresh_archive_and_fails_when_stale_or_broken(drill: Drill) -> None:
+    fresh = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25))
+    assert fresh.ok, fresh.render()
+    stale = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25),
+                          now=datetime.now(timezone.utc) + timedelta(days=2))
+    assert not stale.ok and "FAIL newest base backup" in stale.render()
+    bucket, _, prefix = drill.archive.destination_path.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=drill.s3, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")
+    wals = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{drill.archive.server_name}/wals/")
+                  ["Contents"] if o["Key"].endswith(".gz"))
+    assert len(wals) >= 3, wals
+    body = s3.get_object(Bucket=bucket, Key=wals[-2])["Body"].read()
+    s3.delete_object(Bucket=bucket, Key=wals[-2])
+    try:
+        broken = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25))
+        assert not broken.ok and "WAL segments missing" in broken.render(), broken.render()
+    finally:
+        s3.put_object(Bucket=bucket, Key=wals[-2], Body=body)
+
+
+def test_restore_from_the_offsite_copy_alone(drill: Drill) -> None:
+    """Last in this file: it wipes the original store the other tests read. The CronJob's script copies both buckets to a second S3 API; the original store is wiped;
     the database and the artifacts come back from the copy only, and MLflow serves the model
     registered before the backup from them."""
     from modules.database.offsite import replica_url
@@ -294,30 +321,3 @@ def remote(name: str, endpoint: str) -> dict[str, str]:
     prefix = f"RCLONE_CONFIG_{name.upper()}_"
     return {prefix + "TYPE": "s3", prefix + "PROVIDER": "Other", prefix + "ENDPOINT": endpoint,
             prefix + "ACCESS_KEY_ID": "test", prefix + "SECRET_ACCESS_KEY": "test", prefix + "REGION": "us-east-1"}
-
-
-def test_a_target_before_the_first_backup_is_refused(drill: Drill) -> None:
-    backups = list_backups(drill.archive, tools_env())
-    with pytest.raises(RestoreError, match="no completed base backup ends before"):
-        backup_for(backups, backups[0].end_time - timedelta(seconds=1))
-
-
-def test_backup_check_passes_on_the_fresh_archive_and_fails_when_stale_or_broken(drill: Drill) -> None:
-    fresh = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25))
-    assert fresh.ok, fresh.render()
-    stale = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25),
-                          now=datetime.now(timezone.utc) + timedelta(days=2))
-    assert not stale.ok and "FAIL newest base backup" in stale.render()
-    bucket, _, prefix = drill.archive.destination_path.removeprefix("s3://").partition("/")
-    s3 = boto3.client("s3", endpoint_url=drill.s3, region_name="us-east-1", aws_access_key_id="test",
-                      aws_secret_access_key="test")
-    wals = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{drill.archive.server_name}/wals/")
-                  ["Contents"] if o["Key"].endswith(".gz"))
-    assert len(wals) >= 3, wals
-    body = s3.get_object(Bucket=bucket, Key=wals[-2])["Body"].read()
-    s3.delete_object(Bucket=bucket, Key=wals[-2])
-    try:
-        broken = check_archive(drill.archive, tools_env(), max_age=timedelta(hours=25))
-        assert not broken.ok and "WAL segments missing" in broken.render(), broken.render()
-    finally:
-        s3.put_object(Bucket=bucket, Key=wals[-2], Body=body)

@@ -177,6 +177,8 @@ def _first(objects: list[dict[str, Any]], kind: str, namespace: str) -> dict[str
     (lambda o, s: _first(o, "NetworkPolicy", "student-05")["spec"]["ingress"].append(
         {"from": [{"namespaceSelector": {}}]}), "NetworkPolicy admits"),
     (lambda o, s: o.remove(_first(o, "ResourceQuota", "student-06")), "quotas []"),
+    (lambda o, s: _first(o, "SeldonDeployment", "student-08")["spec"]["predictors"][0]["componentSpecs"][0]["spec"][
+        "containers"][0]["env"][2].update(value='{"registry_model": "student-09.iris"}'), "serves ['student-09.iris']"),
     (lambda o, s: _first(o, "ResourceQuota", "student-07")["spec"]["hard"].update({"limits.cpu": "100"}), "quotas"),
 ])
 def test_the_isolation_check_rejects_a_leak(class_stack, tamper, message):
@@ -294,8 +296,8 @@ BUCKET = "mlflow-artifacts"
 @pytest.fixture(scope="module")
 def tenant_server():
     with postgres(("mlruns", "mlflow_auth")) as db, s3_api((BUCKET,)) as s3, mlflow_server(db, s3, BUCKET) as srv:
-        users = [u for t in ("alice", "bob")
-                 for u in tenant_mlflow_users(t, t, [experiment(t, "iris")], [registered_model(t, "iris")])]
+        users = [u for t in ("alice", "bob") for u in tenant_mlflow_users(
+            t, t, [experiment(t, m) for m in ("iris", "digits")], [registered_model(t, m) for m in ("iris", "digits")])]
         plan = plan_users(users, srv.url, srv.password)
         code, _, stderr, _ = run_job(plan)
         assert code == 0, stderr
@@ -360,6 +362,22 @@ def test_a_student_cannot_write_another_students_model_or_experiment(tenant_serv
 
 
 @pytest.mark.integration
+def test_a_student_cannot_take_a_model_name_another_student_has_not_registered_yet(tenant_server, published):
+    """MLflow lets any user create a registered model and makes the creator its MANAGE owner: the Job
+    creates each tenant's models empty, so nobody else can claim `alice.digits` first."""
+    server, plan = tenant_server
+    bob = _as(server, plan, "tenant-bob")
+    claimed = bob("POST", "/api/2.0/mlflow/registered-models/create", json={"name": "alice.digits"})
+    assert claimed.status_code in (400, 403), claimed.text
+    version = bob("POST", "/api/2.0/mlflow/model-versions/create",
+                  json={"name": "alice.digits", "source": "s3://mlflow-artifacts/x"})
+    assert version.status_code == 403, version.text
+    alice = _as(server, plan, "tenant-alice")
+    assert alice("POST", "/api/2.0/mlflow/model-versions/create",
+                 json={"name": "alice.digits", "source": "s3://mlflow-artifacts/x"}).status_code == 200
+
+
+@pytest.mark.integration
 def test_a_tenant_model_reader_reads_and_cannot_write(tenant_server, published):
     server, plan = tenant_server
     reader = _as(server, plan, "tenant-alice-reader")
@@ -369,3 +387,76 @@ def test_a_tenant_model_reader_reads_and_cannot_write(tenant_server, published):
                   json={"name": "alice.iris", "source": "s3://mlflow-artifacts/x"}).status_code == 403
     assert reader("POST", "/api/2.0/mlflow/runs/create",
                   json={"experiment_id": _experiment_id(reader, "alice/iris")}).status_code == 403
+
+
+# ---- keyless identities on the clouds -----------------------------------------------------------
+
+CLOUD_TENANTS = {"alice": _tenant(), "bob": _tenant(members=["bob"], repositories=["class/bob-models",
+                                                                                   "bob/side-project"])}
+
+
+def _cloud_plan(stack: str) -> Plan:
+    values, secrets = stack_config(stack, TEST_STACKS)
+    return run_program(stack, ({**values, "mlops-stack:tenants": json.dumps(CLOUD_TENANTS)}, secrets))
+
+
+def _tenant_binding_subjects(plan: Plan, tenant: str) -> list[dict[str, Any]]:
+    return [s for o in plan.kubernetes_objects if o["kind"] == "RoleBinding"
+            and o["metadata"]["namespace"] == tenant for s in o["subjects"]]
+
+
+def test_gke_tenant_repositories_impersonate_only_their_tenant_account():
+    plan = _cloud_plan("full-gke")
+    accounts = {r["inputs"]["accountId"] for r in plan.of_type("gcp:serviceaccount/account:Account")}
+    members = [r["inputs"] for r in plan.of_type("gcp:serviceaccount/iAMMember:IAMMember")
+               if "tenant-github-" in r["name"]]
+    subjects = sorted(m["member"].rsplit("/subject/", 1)[1] for m in members)
+    assert subjects == ["repo:bob/side-project:ref:refs/heads/main", "repo:class/alice-models:ref:refs/heads/main",
+                        "repo:class/bob-models:ref:refs/heads/main"]
+    assert {m["role"] for m in members} == {"roles/iam.workloadIdentityUser"}
+    roles = {r["inputs"]["role"] for r in plan.of_type("gcp:projects/iAMMember:IAMMember") if "tenant-github-" in r["name"]}
+    assert roles == {"roles/container.clusterViewer"}
+    provider = next(r for r in plan.of_type("gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider")
+                    if r["name"] == "tenant-github")
+    assert provider["inputs"]["attributeCondition"] == 'assertion.repository_owner in ["bob", "class"]'
+    assert {"mlops-full-gke-t-alice", "mlops-full-gke-t-bob"} <= set(accounts)
+    email = "mlops-full-gke-t-alice@my-mlops-project.iam.gserviceaccount.com"  # the mocks' e-mail for the account
+    assert _tenant_binding_subjects(plan, "alice") == [
+        {"kind": "User", "name": email, "apiGroup": "rbac.authorization.k8s.io"}] * 2
+    assert not [o for o in plan.kubernetes_objects if o["kind"] == "ServiceAccount"
+                and o["metadata"].get("namespace") == "alice"]  # no deploy token where identities are keyless
+
+
+def test_eks_tenant_roles_trust_their_repositories_and_map_to_their_group():
+    plan = _cloud_plan("full-eks")
+    roles = {r["inputs"]["name"]: json.loads(r["inputs"]["assumeRolePolicy"]) for r in plan.of_type(
+        "aws:iam/role:Role") if r["name"].startswith("tenant-github-")}
+    trusted = {name: policy["Statement"][0]["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
+               for name, policy in roles.items()}
+    assert sorted(trusted.values()) == [["repo:class/alice-models:ref:refs/heads/main"],
+                                        ["repo:class/bob-models:ref:refs/heads/main",
+                                         "repo:bob/side-project:ref:refs/heads/main"]]
+    entries = {tuple(r["inputs"].get("kubernetesGroups") or []) for r in plan.of_type("aws:eks/accessEntry:AccessEntry")
+               if r["name"].startswith("tenant-github-")}
+    assert entries == {("mlops-tenant-alice",), ("mlops-tenant-bob",)}
+    assert not [r for r in plan.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+                if r["name"].startswith("tenant-github-")]  # nothing cluster-wide
+    assert _tenant_binding_subjects(plan, "bob") == [
+        {"kind": "Group", "name": "mlops-tenant-bob", "apiGroup": "rbac.authorization.k8s.io"}] * 2
+
+
+@pytest.mark.parametrize("stack", ["full-gke", "full-eks"])
+def test_cloud_stacks_with_tenants_pass_validation(stack):
+    values, secrets = stack_config(stack, TEST_STACKS)
+    values = {**values, "mlops-stack:tenants": json.dumps(CLOUD_TENANTS)}
+    config = parse_stack_config(*raw_from_pulumi_config(values, secrets))
+    report = validate_plan(run_program(stack, (values, secrets)), config.kubernetes.version, cluster_facts(config))
+    assert report.ok, report.render()
+
+
+def test_gke_tenant_account_ids_fit_and_stay_distinct():
+    from modules.platform.gke.github import tenant_account_id
+
+    ids = {tenant_account_id("mlops-class-prod", f"a-rather-long-student-name-{i}") for i in range(3)}
+    assert len(ids) == 3 and all(len(i) <= 30 for i in ids)
+    assert tenant_account_id("mlops-class", "alice") == "mlops-class-t-alice"
