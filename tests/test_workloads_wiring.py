@@ -12,13 +12,16 @@ import pytest
 from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import validate_plan
 
-ENERGY = {"energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab"}}}
+DIGEST = "sha256:" + "ab" * 32  # pre-built images must be pinned by digest where the cluster pulls them
+ENERGY = {"energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab",
+                                                "digest": DIGEST}}}
 
 
 NEO_AND_MNIST = {
-    "neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/neo", "tag": "3f2c1ab"},
+    "neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/neo", "tag": "3f2c1ab", "digest": DIGEST},
             "dataUrl": "https://data.example.org/nasa.csv"},
-    "mnist": {"enabled": True, "image": {"repository": "ghcr.io/my-org/mnist", "tag": "3f2c1ab"}, "epochs": 3},
+    "mnist": {"enabled": True, "image": {"repository": "ghcr.io/my-org/mnist", "tag": "3f2c1ab", "digest": DIGEST},
+              "epochs": 3},
 }
 
 
@@ -48,7 +51,7 @@ def test_energy_objects_land_in_the_workload_namespace(dev):
     assert crons["energy-prod"]["spec"]["schedule"] == "0 11 * * *"
     job = dev.manifest("Job", "energy-train", "ml-workloads")
     [container] = job["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == "ghcr.io/my-org/energy:3f2c1ab"
+    assert container["image"] == f"ghcr.io/my-org/energy:3f2c1ab@{DIGEST}"
 
 
 def test_credentials_come_only_from_secrets(dev):
@@ -106,7 +109,7 @@ def test_neo_and_mnist_alone_get_training_jobs_and_nothing_energy_needs():
     assert env["NEO_DATA"]["value"] == "https://data.example.org/nasa.csv"
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client"
     [mnist] = jobs["mnist-train"]["spec"]["template"]["spec"]["containers"]
-    assert mnist["image"] == "ghcr.io/my-org/mnist:3f2c1ab" and mnist["command"][-3:] == ["--epochs", "3", "--register"]
+    assert mnist["image"] == f"ghcr.io/my-org/mnist:3f2c1ab@{DIGEST}" and mnist["command"][-3:] == ["--epochs", "3", "--register"]
     assert not any(o["kind"] == "Deployment" and o["metadata"]["name"] == "pushgateway" for o in plan.kubernetes_objects)
     databases = plan.manifest("Job", "postgres-databases", "mlops-platform")
     assert "workloads" not in json.dumps(databases["spec"]["template"]["spec"]["containers"])

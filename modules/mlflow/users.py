@@ -35,6 +35,9 @@ class MlflowPermission:
     name: str
     # NO_PERMISSIONS is applied as MLflow 3.17's per-resource DENY (it no longer grants NO_PERMISSIONS)
     permission: Literal["READ", "USE", "EDIT", "MANAGE", "DENY", "NO_PERMISSIONS"]
+    # registered_model: the Job creates it empty when missing. MLflow lets any user create a model and
+    # makes the creator its MANAGE owner, so a name reserved for one user (a tenant's) is claimed first
+    create: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,12 @@ class MlflowUsers(pulumi.ComponentResource):
 
 
 def _desired(user: MlflowUser, password: str) -> dict[str, Any]:
-    return {"username": user.username, "password": password,
-            "permissions": [{"kind": p.kind, "name": p.name, "permission": p.permission} for p in user.permissions]}
+    return {"username": user.username, "password": password, "permissions": [_grant(p) for p in user.permissions]}
+
+
+def _grant(p: MlflowPermission) -> dict[str, Any]:
+    """`create` only when set, so the state (and the Job's hash) of users without it stays as it was."""
+    return {"kind": p.kind, "name": p.name, "permission": p.permission, **({"create": True} if p.create else {})}
 
 
 def _check(args: MlflowUsersArgs) -> None:
@@ -160,3 +167,6 @@ def _check(args: MlflowUsersArgs) -> None:
             if p.kind not in ("experiment", "registered_model") or not p.name or p.permission not in PERMISSIONS:
                 raise ValueError(f"MlflowUsers user {user.username}: permission {p} needs kind 'experiment' "
                                  f"or 'registered_model', a name and a permission in {PERMISSIONS}")
+            if p.create and p.kind != "registered_model":
+                raise ValueError(f"MlflowUsers user {user.username}: permission {p}: create applies to "
+                                 "registered_model only (experiments are always created when missing)")

@@ -60,10 +60,11 @@ class TenantsArgs:
 def tenant_mlflow_users(tenant: str, namespace: pulumi.Input[str], experiments: Sequence[str],
                         models: Sequence[str]) -> list[MlflowUser]:
     """The tenant's MLflow login (EDIT on its experiments and registered models, nothing else) with
-    its Secret in the tenant namespace, and a read-only login for its model pods."""
+    its Secret in the tenant namespace, and a read-only login for its model pods. The models are
+    created empty by the Job, so no other user can register a tenant's name first and own it."""
     writer = MlflowUser(f"tenant-{tenant}", namespace, MLFLOW_SECRET, tuple(
         [MlflowPermission("experiment", e, "EDIT") for e in experiments]
-        + [MlflowPermission("registered_model", m, "EDIT") for m in models]))
+        + [MlflowPermission("registered_model", m, "EDIT", create=True) for m in models]))
     reader = MlflowUser(f"tenant-{tenant}-reader", namespace, READER_SECRET,
                         tuple(MlflowPermission("registered_model", m, "READ") for m in models))
     return [writer, reader]

@@ -45,6 +45,7 @@ class Grant:
     kind: str
     name: str
     permission: str
+    create: bool = False  # registered_model: create it empty when missing (nobody else can claim the name)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def parse_state(raw: str) -> list[User]:
             if p.get("kind") not in KINDS or not p.get("name") or permission not in PERMISSIONS:
                 raise ValueError(f"MLOPS_USERS_STATE user {entry['username']}: permission {p!r} needs kind in "
                                  f"{KINDS}, a name and permission in {PERMISSIONS + tuple(ALIASES)}")
-            grants.append(Grant(p["kind"], p["name"], permission))
+            grants.append(Grant(p["kind"], p["name"], permission, p.get("create") is True))
         users.append(User(entry["username"], entry["password"], tuple(grants)))
     return users
 
@@ -150,8 +151,11 @@ def _logs_in(server: Server, user: User) -> bool:
 def resource_id(server: Server, grant: Grant) -> str:
     """What MLflow keys a grant by: an experiment's id (the experiment is created empty when
     missing), a registered model's name (MLflow does not require the model to exist: the grant
-    applies once training registers it)."""
+    applies once training registers it; with `create` it is created empty when missing)."""
     if grant.kind == "registered_model":
+        if grant.create and server.call("GET", "/api/2.0/mlflow/registered-models/get", ok=(200, 404),
+                                        params={"name": grant.name}).status_code == 404:
+            server.call("POST", "/api/2.0/mlflow/registered-models/create", json={"name": grant.name})
         return grant.name
     found = server.call("GET", "/api/2.0/mlflow/experiments/get-by-name", ok=(200, 404),
                         params={"experiment_name": grant.name})
