@@ -3,8 +3,9 @@ program's evaluation time grows with the number of served models.
 
 Run: `.venv/bin/python benchmarks/plan.py [--runs 5]`. Each per-stack run is a fresh process, as a
 user or CI would start it (interpreter start and imports included); the growth runs evaluate the
-dev program in-process (imports paid once) with 0…N registry models in `serving.models`. Writes
-benchmarks/results/plan.json and prints Markdown tables for the README.
+dev program in-process (imports paid once) with 0…N registry models in `serving.models`, and with
+`--tenants 0 30 60 120` a class of N tenants × 3 alias models (tests/stacks/Pulumi.class.yaml's
+shape). Writes benchmarks/results/plan.json and prints Markdown tables for the README.
 """
 
 from __future__ import annotations
@@ -60,13 +61,52 @@ def time_models(counts: list[int], runs: int) -> list[dict]:
     return rows
 
 
+def class_tenants(n: int) -> dict:
+    """`tenants` of a class of `n` students × 3 models, as tests/stacks/class-60.yaml writes them."""
+    return {f"student-{i:03d}": {"members": [f"gh-student-{i:03d}"], "repositories": [f"ml-class/student-{i:03d}"],
+                                 "models": {m: {"source": {"alias": "champion"}} for m in ("iris", "digits", "energy")}}
+            for i in range(n)}
+
+
+def time_tenants(counts: list[int], runs: int) -> list[dict]:
+    """The dev program with a class of `n` tenants: median evaluation time, resources, objects."""
+    from mlops.plan import run_program, stack_config
+
+    values, secrets = stack_config("dev")
+    rows = []
+    for n in counts:
+        config = ({**values, "mlops-stack:tenants": json.dumps(class_tenants(n))}, secrets)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            plan = run_program("dev", config)
+            times.append(time.perf_counter() - started)
+        rows.append({"tenants": n, "models": 3 * n, "median_s": round(statistics.median(times), 3),
+                     "resources": len(plan.resources), "kubernetes_objects": len(plan.kubernetes_objects)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--models", type=int, nargs="+", default=[0, 10, 50, 100])
+    parser.add_argument("--tenants", type=int, nargs="*", default=[],
+                        help="class sizes for the tenants growth table, e.g. 0 30 60 120 (3 models each)")
+    parser.add_argument("--only-tenants", action="store_true", help="skip the per-stack and model-growth runs")
     parser.add_argument("--write-readme", action="store_true", help="put the tables into README.md")
     args = parser.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = f"load average {os.getloadavg()[0]:.1f} at start"
+    if args.only_tenants:
+        rows = time_tenants(args.tenants, args.runs)
+        (ROOT / "benchmarks" / "results" / "plan-tenants.json").write_text(json.dumps(
+            {"date": date.today().isoformat(), "machine": machine, "load": load, "runs": args.runs, "tenants": rows},
+            indent=2) + "\n")
+        print(f"Measured {date.today().isoformat()} on {machine} ({load}), {args.runs} runs:\n\n{tenants_table(rows)}")
+        if args.write_readme:
+            update("benchmark:plan-tenants", tenants_table(rows))
+        return
     results = {"date": date.today().isoformat(), "machine": machine, "runs": args.runs, "stacks": {}}
     for stack in stack_names():
         times, summary = time_plan(stack, args.runs)
@@ -79,6 +119,7 @@ def main() -> None:
             "job_requests_peak": summary.get("job_requests_peak"),
         }
     results["growth"] = time_models(args.models, args.runs)
+    results["tenants"] = time_tenants(args.tenants, args.runs)
     out = ROOT / "benchmarks" / "results" / "plan.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     rows = ["| stack | `mlops plan` median (max) | resources | k8s objects | requests CPU | requests memory |",
@@ -90,10 +131,18 @@ def main() -> None:
     growth = "\n".join(["| models in `serving.models` | dev program evaluation, median | resources |", "|---|---|---|",
                         *(f"| {g['models']} | {g['median_s']} s | {g['resources']} |" for g in results["growth"])])
     print(f"Measured {results['date']} on {machine}, {args.runs} runs per stack (fresh process each):\n")
-    print(table + "\n\n" + growth)
+    print(table + "\n\n" + growth + ("\n\n" + tenants_table(results["tenants"]) if results["tenants"] else ""))
     if args.write_readme:
         update("benchmark:plan", table)
         update("benchmark:plan-growth", growth)
+        if results["tenants"]:
+            update("benchmark:plan-tenants", tenants_table(results["tenants"]))
+
+
+def tenants_table(rows: list[dict]) -> str:
+    return "\n".join(["| tenants (× 3 models) | program evaluation, median | resources | k8s objects |",
+                      "|---|---|---|---|", *(f"| {r['tenants']} ({r['models']} models) | {r['median_s']} s | "
+                                            f"{r['resources']} | {r['kubernetes_objects']} |" for r in rows)])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ PROJECT_BUILDS: dict[str, tuple[Path, Path | None, str | None]] = {
     "energy": (ROOT, ROOT / "workloads/energy/Dockerfile", None),
     "neo": (ROOT, ROOT / "workloads/neo/Dockerfile", None),
     "mnist": (ROOT, ROOT / "workloads/mnist/Dockerfile", "train"),
+    "evaluation": (ROOT, ROOT / "modules/evaluation/Dockerfile", None),
 }
 # The config keys whose images are built from this repository, and which image each one is.
 PROJECT_SLOTS = {
@@ -42,6 +43,7 @@ PROJECT_SLOTS = {
     "workloads.energy.image": "energy",
     "workloads.neo.image": "neo",
     "workloads.mnist.image": "mnist",
+    "evaluation.image": "evaluation",
 }
 # Platforms that create a registry `mode: build` pushes to when images.registry is unset.
 PLATFORM_REGISTRY = ("gke", "eks")
@@ -53,7 +55,8 @@ GCE_ARM_SERIES = ("t2a", "c4a", "n4a")
 # here: the base image's compressed size — ghcr.io/mlflow/mlflow ≈0.35, seldonio/mlserver:*-mlflow
 # ≈0.9, python:3.11-slim ≈0.05 — plus the layers each Dockerfile adds: drivers; the workloads'
 # pinned scientific stack ≈0.25; mnist's CPU torch ≈0.45).
-IMAGE_GIB = {"mlflow-server": 0.4, "mlserver": 1.0, "energy": 0.3, "neo": 0.3, "mnist": 0.5}
+IMAGE_GIB = {"mlflow-server": 0.4, "mlserver": 1.0, "energy": 0.3, "neo": 0.3, "mnist": 0.5,
+             "evaluation": 0.3}
 # content-tagged builds kept per image (immutable tags, no expiry); shared layers make it an upper bound
 VERSIONS_KEPT = 3
 

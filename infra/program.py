@@ -39,6 +39,8 @@ from modules.serving.contract import (
 )
 from modules.serving.kserve import KServe, KServeArgs
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
+from modules.evaluation import Evaluation, EvaluationArgs, evaluation_mlflow_user, in_cluster_url
+from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.tenants import READER_SECRET as TENANT_READER_SECRET
 from modules.tenants import TenantSpec, Tenants, TenantsArgs, quota_hard, tenant_mlflow_users
 
@@ -110,7 +112,9 @@ def declare(config: StackConfig) -> None:
         ),
         opts=k8s_opts,
     )
-    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts, _tenant_users(config, tenants))
+    evaluator = ([evaluation_mlflow_user(namespaces.names["platform"], config.evaluation.dataset)]
+                 if config.evaluation.enabled else [])
+    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts, _tenant_users(config, tenants) + evaluator)
 
     gateway = _gateway(config, platform, k8s_opts)
     domain = config.gateway.domain
@@ -122,15 +126,19 @@ def declare(config: StackConfig) -> None:
         "grafana-admin-password", config.monitoring.grafana_admin_password, config.protected)
     monitoring = _monitoring(config, namespaces, platform, admin_password, grafana_password, k8s_opts,
                              list(tenants.namespaces.values()))
+    pushgateway = None
     if "workloads" in namespaces.names:
-        declare_workloads(config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url,
-                          admin_password, database, images, k8s_opts, after=[mlflow, monitoring])
+        pushgateway = declare_workloads(
+            config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url, admin_password,
+            database, images, k8s_opts, after=[mlflow, monitoring],
+            pushers=[namespaces.names["platform"]] if config.evaluation.enabled else [])
 
     engine = _serving_engine(config, gateway, namespaces, images, object_store, monitoring, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
                          RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
                          users.ready, k8s_opts)
     tenant_urls = _tenant_models(config, engine, platform, tenants, mlflow.url, users.ready, k8s_opts)
+    _evaluation(config, namespaces, tenants, images, mlflow.url, pushgateway, [users.ready, monitoring], k8s_opts)
     declare_mnist_demo(config, gateway, namespaces.names["serving"], k8s_opts)
 
     pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
@@ -243,6 +251,32 @@ def _tenant_models(config: StackConfig, engine: ServingEngine, platform: Platfor
                            service_account=None, placement=placement, object_name=model)
             urls.setdefault(name, {})[model] = engine.deploy(f"{name}-{model}", args, opts=after).url
     return urls
+
+
+def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, images: StackImages,
+                tracking_url: pulumi.Input[str], pushgateway: Pushgateway | None, after: list[pulumi.Resource],
+                opts: pulumi.ResourceOptions) -> None:
+    """The professor's scheduled evaluation (modules/evaluation) of the configured tenants' models,
+    pushing to the energy workload's Pushgateway, or to its own where there is none."""
+    e = config.evaluation
+    if not e.enabled:
+        return
+    platform_ns, monitoring_ns = namespaces.names["platform"], namespaces.names["monitoring"]
+    if pushgateway is None:
+        w = config.workloads
+        pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
+            namespace=monitoring_ns, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
+            pusher_namespaces=[platform_ns], monitoring_namespace=monitoring_ns), opts=opts)
+    endpoints = {name: {model: in_cluster_url(tenants.namespaces[name], model,
+                                              spec.source.protocol if spec.source.image else "v2")
+                        for model, spec in config.tenants[name].models.items()}
+                 for name in (e.tenants or config.tenants) if config.tenants[name].models}
+    Evaluation("evaluation", EvaluationArgs(
+        namespace=platform_ns, image=images.ref("evaluation.image", e.image), schedule=e.schedule,
+        time_zone=config.workloads.time_zone, dataset=e.dataset, endpoints=endpoints, tracking_uri=tracking_url,
+        resources=e.resources.to_k8s(), pushgateway_url=pushgateway.url, data_url=e.data_url, rows=e.rows,
+        batch_size=e.batch_size, timeout_seconds=e.timeout_seconds,
+    ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
 
 
 def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,

@@ -9,6 +9,7 @@ per-workload account would be created through its REST API after `pulumi up`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -46,11 +47,14 @@ def _secret(name: str, namespace: pulumi.Input[str], data: dict[str, pulumi.Inpu
 
 def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitoring_namespace: pulumi.Input[str],
                       tracking_uri: pulumi.Input[str], admin_password: pulumi.Input[str], database: Database,
-                      images: StackImages, opts: pulumi.ResourceOptions, after: list[pulumi.Resource]) -> None:
-    """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring)."""
+                      images: StackImages, opts: pulumi.ResourceOptions, after: list[pulumi.Resource],
+                      pushers: Sequence[pulumi.Input[str]] = ()) -> Pushgateway | None:
+    """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring).
+    Returns the Pushgateway (energy only), which `pushers` may push to besides the workloads."""
     w = config.workloads
+    pushgateway = None
     if not w.any_enabled:
-        return
+        return pushgateway
     after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
     tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
                                                                               admin_password))), opts)
@@ -64,7 +68,7 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
         # the energy monitor pushes its daily MAPE to a Pushgateway (a CronJob is gone before a scrape)
         pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
             namespace=monitoring_namespace, image=w.pushgateway_image.ref,
-            resources=w.pushgateway_resources.to_k8s(), pusher_namespaces=[namespace],
+            resources=w.pushgateway_resources.to_k8s(), pusher_namespaces=[namespace, *pushers],
             monitoring_namespace=monitoring_namespace,
         ), opts=after_opts)
         e = w.energy
@@ -78,6 +82,7 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
         NeoWorkload("neo", NeoArgs(context=context("neo", w.neo.image), data_url=w.neo.data_url), opts=after_opts)
     if w.mnist.enabled:
         MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)
+    return pushgateway
 
 
 MNIST_SERVER = "mnist-server"  # the image workloads/mnist/Dockerfile's `serve` target is pushed as

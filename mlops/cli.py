@@ -255,6 +255,56 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _plan_objects(args: argparse.Namespace) -> list[dict]:
+    _, plan = _load(args.stack, args.stacks_dir)
+    return list(plan.kubernetes_objects)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Print the recovery Cluster and the steps; carry them out only with --yes."""
+    from datetime import datetime, timezone
+
+    from mlops import restore
+
+    objects = _plan_objects(args)
+    try:
+        target = restore.parse_time(args.to) if args.to else None
+        stamp = datetime.now(timezone.utc).strftime("r%Y%m%d%H%M")
+        plan = restore.restore_plan(objects, target, stamp, from_offsite=args.from_offsite)
+    except (restore.RestoreError, ValueError) as error:
+        print(f"mlops restore: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan.cluster, indent=2))
+    print(plan.render())
+    if not args.yes:
+        print("nothing done: add --yes to apply this on the current kubectl context", file=sys.stderr)
+        return 0
+    restore.run(plan)
+    return 0
+
+
+def cmd_backup_check(args: argparse.Namespace) -> int:
+    """Newest base backup age and WAL continuity of the stack's archive (barman-cloud-backup-list)."""
+    import os
+    from datetime import timedelta
+
+    from mlops import restore
+
+    objects = _plan_objects(args)
+    try:
+        archive = restore.Archive.of_cluster(restore.find_cluster(objects))
+        if args.endpoint_url:
+            archive = archive.at(archive.destination_path, args.endpoint_url)
+        max_age = (timedelta(hours=args.max_age_hours) if args.max_age_hours else
+                   restore.longest_gap(restore.schedule_of(objects)) + timedelta(hours=1))
+        result = restore.check_archive(archive, os.environ, max_age)
+    except restore.RestoreError as error:
+        print(f"mlops backup-check: {error}", file=sys.stderr)
+        return 2
+    print(result.render())
+    return 0 if result.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -359,6 +409,21 @@ def main(argv: list[str] | None = None) -> int:
 
     add_arguments(cost, stacks)
     cost.set_defaults(run=cmd_cost)
+
+    restore_cmd = commands.add_parser("restore", help="restore the in-cluster database (and MLflow onto it) to a time")
+    restore_cmd.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    restore_cmd.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
+    restore_cmd.add_argument("--to", help="recovery target time, ISO 8601 (e.g. 2026-12-01T14:30:00Z; default: latest)")
+    restore_cmd.add_argument("--from-offsite", action="store_true", help="read the off-cluster copy, not the cluster's store")
+    restore_cmd.add_argument("--yes", action="store_true", help="apply (without it: print what would be done)")
+    restore_cmd.set_defaults(run=cmd_restore)
+
+    check = commands.add_parser("backup-check", help="is the newest base backup recent and the WAL after it unbroken?")
+    check.add_argument("--stack", required=True, help=f"one of: {stacks}")
+    check.add_argument("--stacks-dir", help="folder of Pulumi.<stack>.yaml files (default: stacks/)")
+    check.add_argument("--endpoint-url", help="the object store as reached from here (e.g. a port-forward)")
+    check.add_argument("--max-age-hours", type=float, help="default: the schedule's longest gap + 1 h")
+    check.set_defaults(run=cmd_backup_check)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # `mlops train … -- <args>`: what follows `--` belongs to the workload's own parser

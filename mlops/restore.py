@@ -301,7 +301,7 @@ def restore_plan(objects: Sequence[Mapping[str, Any]], target_time: datetime | N
         replicas = str(mlflow[0]["spec"].get("replicas", 1))
         commands += [
             ("kubectl", "-n", mns, "scale", "deployment/mlflow", "--replicas=0"),
-            ("repoint", mns, f"{source['metadata']['name']}-rw.{ns}", f"{name}-rw.{ns}"),
+            ("repoint", mns, f"{source['metadata']['name']}-rw", f"{name}-rw"),
             ("kubectl", "-n", mns, "scale", "deployment/mlflow", f"--replicas={replicas}"),
             ("kubectl", "-n", mns, "rollout", "status", "deployment/mlflow", "--timeout=10m"),
         ]
@@ -309,13 +309,14 @@ def restore_plan(objects: Sequence[Mapping[str, Any]], target_time: datetime | N
 
 
 def repoint_secret(secret: Mapping[str, Any], old_host: str, new_host: str) -> dict[str, Any]:
-    """MLflow's database Secret with every URI's host `old_host` replaced by `new_host`."""
+    """MLflow's database Secret with every URI's host `old_host[.…]` replaced by `new_host[.…]`
+    (the CloudNativePG read-write Services of the old and the recovery Cluster)."""
     import base64
 
     data = {}
     for key, value in secret.get("data", {}).items():
         text = base64.b64decode(value).decode()
-        data[key] = base64.b64encode(text.replace(f"@{old_host}:", f"@{new_host}:").encode()).decode()
+        data[key] = base64.b64encode(re.sub(rf"@{re.escape(old_host)}([.:])", rf"@{new_host}\1", text).encode()).decode()
     if data == dict(secret.get("data", {})):
         raise RestoreError(f"Secret {secret['metadata']['name']}: no URI names host {old_host}; "
                            "repoint MLflow's database by hand (docs/runbooks.md#restore)")

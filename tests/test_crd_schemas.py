@@ -21,7 +21,7 @@ from mlops.validate import CHART_RESOURCES, HELM_RELEASE, validate_plan
 from modules.ci.runners import CHARTS as RUNNER_CHARTS
 
 TEST_STACKS = Path(__file__).parent / "stacks"
-FULL = ["full", "full-dev"]
+FULL = ["full", "full-dev", "full-kserve"]
 SCALE_SET = f"{RUNNER_CHARTS}/gha-runner-scale-set"
 
 
@@ -87,7 +87,8 @@ def test_full_stack_has_every_kind_the_issue_names(plans):
 
 
 def test_stored_schemas_are_from_the_charts_the_full_stack_pins(plans):
-    releases = {(r["inputs"]["chart"], r["inputs"]["version"]) for r in plans["full"].of_type(HELM_RELEASE)}
+    releases = {(r["inputs"]["chart"], r["inputs"]["version"])
+                for stack in ("full", "full-kserve") for r in plans[stack].of_type(HELM_RELEASE)}
     for crd in crds().values():
         assert crd.chart in releases, f"{crd.kind}: stored from {crd.chart}, the full stack pins {releases}"
         assert crd.source.count("@") == 1 and ":" in crd.source

@@ -11,6 +11,7 @@ script), with the original store wiped, artifacts included.
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import shutil
@@ -287,6 +288,70 @@ def test_backup_check_passes_on_the_fresh_archive_and_fails_when_stale_or_broken
         assert not broken.ok and "WAL segments missing" in broken.render(), broken.render()
     finally:
         s3.put_object(Bucket=bucket, Key=wals[-2], Body=body)
+
+
+# ------------------------------------------------------------------ `mlops restore` (offline)
+
+def test_the_recovery_cluster_passes_the_crd_schema_and_restores_from_the_stack_archive(stack: StackArchive) -> None:
+    from mlops.crds import validate_custom_resource
+    from mlops.restore import restore_plan
+
+    target = datetime(2026, 12, 1, 14, 30, tzinfo=timezone.utc)
+    plan = restore_plan(stack.objects, target, "r202612011500")
+    cluster = plan.cluster
+    assert validate_custom_resource(cluster) == []
+    spec, source_store = cluster["spec"], stack.cluster["spec"]["backup"]["barmanObjectStore"]
+    assert spec["bootstrap"]["recovery"]["recoveryTarget"] == {"targetTime": "2026-12-01T14:30:00Z"}
+    origin = {e["name"]: e for e in spec["externalClusters"]}[spec["bootstrap"]["recovery"]["source"]]
+    assert origin["barmanObjectStore"] == {**source_store, "serverName": stack.archive.server_name}
+    assert spec["backup"]["barmanObjectStore"]["serverName"] == "postgres-r202612011500" != stack.archive.server_name
+    assert spec["instances"] == stack.cluster["spec"]["instances"]
+    assert ("kubectl", "-n", "mlflow", "scale", "deployment/mlflow", "--replicas=0") in plan.commands
+
+
+def test_a_bad_recovery_cluster_is_rejected_by_the_crd_schema(stack: StackArchive) -> None:
+    from mlops.crds import validate_custom_resource
+    from mlops.restore import restore_plan
+
+    cluster = restore_plan(stack.objects, None, "r1").cluster
+    cluster["spec"]["bootstrap"]["recovery"]["targetTime"] = "2026-12-01T14:30:00Z"  # belongs in recoveryTarget
+    assert any("targetTime" in problem for problem in validate_custom_resource(cluster))
+
+
+def test_restore_refuses_a_plan_without_an_archive(stack: StackArchive) -> None:
+    from mlops.restore import restore_plan
+
+    bare = copy.deepcopy(stack.objects)
+    for obj in bare:
+        if obj.get("kind") == "Cluster":
+            obj["spec"].pop("backup")
+    with pytest.raises(RestoreError, match="no spec.backup.barmanObjectStore"):
+        restore_plan(bare, None, "r1")
+    with pytest.raises(RestoreError, match="no CronJob offsite-copy"):
+        restore_plan(stack.objects, None, "r1", from_offsite=True)
+
+
+def test_mlflow_secret_is_repointed_to_the_recovery_cluster() -> None:
+    import base64
+
+    from mlops.restore import repoint_secret
+
+    uri = "postgresql+psycopg2://mlflow:pw@postgres-rw.mlops-platform.svc.cluster.local:5432/mlruns"
+    secret = {"metadata": {"name": "mlflow-db", "namespace": "mlflow"},
+              "data": {"backend-store-uri": base64.b64encode(uri.encode()).decode()}}
+    moved = repoint_secret(secret, "postgres-rw", "postgres-r1-rw")
+    assert base64.b64decode(moved["data"]["backend-store-uri"]).decode() == uri.replace("@postgres-rw.", "@postgres-r1-rw.")
+    with pytest.raises(RestoreError, match="no URI names host"):
+        repoint_secret(secret, "other-rw", "postgres-r1-rw")
+
+
+def test_backup_check_allows_the_schedules_longest_gap() -> None:
+    from mlops.restore import longest_gap
+
+    assert longest_gap("0 2 * * *") == timedelta(days=1)
+    assert longest_gap("0 1,13 * * 1-5") == timedelta(days=2, hours=12)
+    with pytest.raises(RestoreError):
+        longest_gap("0 2 30 2 *")  # never runs
 
 
 def test_restore_from_the_offsite_copy_alone(drill: Drill) -> None:

@@ -313,8 +313,9 @@ def _experiment_id(api: Api, name: str) -> str:
                params={"experiment_name": name}).json()["experiment"]["experiment_id"]
 
 
-def _publish(api: Api, tenant: str) -> dict[str, int]:
-    """What a tenant's training does: a run in its experiment, its registered model, a version, the alias."""
+def _publish(api: Api, tenant: str) -> dict[str, int | str]:
+    """What a tenant's training does: a run in its experiment, register the model (which the Job made:
+    `mlflow.register_model` takes RESOURCE_ALREADY_EXISTS as "add a version"), a version, the alias."""
     run = api("POST", "/api/2.0/mlflow/runs/create", json={"experiment_id": _experiment_id(api, f"{tenant}/iris")})
     info = run.json()["run"]["info"] if run.ok else {}
     steps = {
@@ -325,18 +326,19 @@ def _publish(api: Api, tenant: str) -> dict[str, int]:
         "alias": api("POST", "/api/2.0/mlflow/registered-models/alias",
                      json={"name": f"{tenant}.iris", "alias": "champion", "version": "1"}),
     }
-    return {step: r.status_code for step, r in steps.items()}
+    return {step: r.status_code if r.ok else r.json().get("error_code", r.status_code) for step, r in steps.items()}
 
 
 @pytest.fixture(scope="module")
-def published(tenant_server) -> dict[str, dict[str, int]]:
+def published(tenant_server) -> dict[str, dict[str, int | str]]:
     server, plan = tenant_server
     return {tenant: _publish(_as(server, plan, f"tenant-{tenant}"), tenant) for tenant in ("alice", "bob")}
 
 
 @pytest.mark.integration
 def test_a_student_writes_its_own_experiment_and_model(published):
-    assert published == {t: {"run": 200, "model": 200, "version": 200, "alias": 200} for t in ("alice", "bob")}
+    assert published == {t: {"run": 200, "model": "RESOURCE_ALREADY_EXISTS", "version": 200, "alias": 200}
+                         for t in ("alice", "bob")}
 
 
 @pytest.mark.integration
@@ -460,3 +462,11 @@ def test_gke_tenant_account_ids_fit_and_stay_distinct():
     ids = {tenant_account_id("mlops-class-prod", f"a-rather-long-student-name-{i}") for i in range(3)}
     assert len(ids) == 3 and all(len(i) <= 30 for i in ids)
     assert tenant_account_id("mlops-class", "alice") == "mlops-class-t-alice"
+
+
+def test_create_applies_to_registered_models_only():
+    from modules.mlflow.users import MlflowPermission, MlflowUser
+
+    bad = MlflowUser("u", "ns", "s", (MlflowPermission("experiment", "e", "EDIT", create=True),))
+    with pytest.raises(Exception, match="create applies to registered_model only"):
+        plan_users([bad], "http://mlflow:5000", "admin-password-1")

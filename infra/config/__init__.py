@@ -9,13 +9,14 @@ One module per section, named as the section (`infra/config/<section>.py`), like
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from infra.config.aws import AwsConfig
 from infra.config.base import Environment, Image, Model, Platform, Resources, cpu_millicores, memory_mib
 from infra.config.ci import CiConfig
 from infra.config.cluster import KubernetesConfig, Namespaces
 from infra.config.data import DatabaseConfig, ObjectStoreConfig
+from infra.config.evaluation import EvaluationConfig
 from infra.config.gateway import GatewayConfig
 from infra.config.gcp import GcpConfig
 from infra.config.images import ImagesConfig
@@ -50,6 +51,12 @@ class StackConfig(Model):
     # after namespaces and serving: tenants are checked against both (infra/config/tenants.py)
     tenant_defaults: TenantDefaults = TenantDefaults()
     tenants: Tenants = Field(default_factory=dict, description="name -> tenant; fromFile: a YAML class list")
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _evaluated_tenants(self) -> StackConfig:
+        self.evaluation.check_tenants(self.tenants, self.serving.engine)
+        return self
 
     @property
     def protected(self) -> bool:

@@ -38,7 +38,7 @@ root="target:$TARGET_BUCKET${TARGET_PREFIX:+/$TARGET_PREFIX}"
 for bucket in $BUCKETS; do
   rclone sync "source:$bucket" "$root/$bucket/current" --backup-dir "$root/$bucket/deleted/$stamp" --fast-list
   kept=$(rclone lsf --dirs-only "$root/$bucket/deleted/") || [ $? -eq 3 ]
-  for old in $(printf '%s\\n' ${kept:-} | tr -d / | awk -v cutoff="$cutoff" '$0 != "" && $0 < cutoff'); do
+  for old in $(printf '%s\\n' "${kept:-}" | tr -d / | awk -v cutoff="$cutoff" '$0 != "" && $0 < cutoff'); do
     rclone purge "$root/$bucket/deleted/$old"
   done
   echo "$bucket: mirrored to $root/$bucket/current; deleted/ older than $cutoff purged"

@@ -4,7 +4,7 @@ Per tenant: a namespace (Pod Security enforced, labelled `mlops-stack/tenant`), 
 (requests, limits, pods and served models), a LimitRange (every container runs with the same
 default and at most the same maximum), a NetworkPolicy that denies all ingress except from the
 gateway, Prometheus, the platform and the tenant's own pods, and the Role its CI deploys with
-(SeldonDeployments in its namespace, plus reading its own MLflow login). Where no keyless cloud
+(modules/ci/rbac.py's model-deployer rules in its namespace, plus reading its own MLflow login). Where no keyless cloud
 identity exists, a namespaced deploy token (a ServiceAccount token) is the CI's credential
 (docs/decisions/0015-tenant-ci-access.md). MLflow identities are declared by the caller through
 `mlflow_users` (one reconcile Job serves the whole platform).
@@ -20,13 +20,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from modules import kube
-from modules.ci.rbac import ModelDeployerAccess
+from modules.ci.rbac import RULES as DEPLOYER_RULES
 from modules.mlflow.users import MlflowPermission, MlflowUser
 
 TENANT_LABEL = "mlops-stack/tenant"
 MEMBERS_ANNOTATION = "mlops-stack/members"
 REPOSITORIES_ANNOTATION = "mlops-stack/repositories"
 MODELS_COUNT = "count/seldondeployments.machinelearning.seldon.io"
+CI_ROLE = "tenant-ci"  # the model deployer's rules (modules/ci/rbac.py) + reading its own MLflow login
 DEPLOYER = "ci-deployer"  # the deploy token's ServiceAccount (and `<DEPLOYER>-token` its Secret)
 MLFLOW_SECRET = "mlflow-tenant"  # the tenant's own MLflow login (keys username, password), for its CI
 READER_SECRET = "mlflow-model-reader"  # the tenant's read-only login its model pods load aliases with
@@ -121,14 +122,13 @@ class Tenants(pulumi.ComponentResource):
         subjects = [dict(s) for s in t.ci_subjects]
         if args.deploy_tokens:
             subjects.append(self._deploy_token(prefix, t.name, ns, inside))
-        ModelDeployerAccess(f"{prefix}-ci", ns, subjects, opts=inside)
-        login = k8s.rbac.v1.Role(
-            f"{prefix}-ci-mlflow", metadata=kube.metadata("tenant-ci-mlflow-login", ns, "ci"),
-            rules=[{"api_groups": [""], "resources": ["secrets"], "resource_names": [MLFLOW_SECRET],
-                    "verbs": ["get"]}], opts=inside)
+        role = k8s.rbac.v1.Role(f"{prefix}-ci", metadata=kube.metadata(CI_ROLE, ns, "ci"), rules=[
+            *DEPLOYER_RULES,
+            {"api_groups": [""], "resources": ["secrets"], "resource_names": [MLFLOW_SECRET], "verbs": ["get"]},
+        ], opts=inside)
         k8s.rbac.v1.RoleBinding(
-            f"{prefix}-ci-mlflow", metadata=kube.metadata("tenant-ci-mlflow-login", ns, "ci"),
-            role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": login.metadata.name},
+            f"{prefix}-ci", metadata=kube.metadata(CI_ROLE, ns, "ci"),
+            role_ref={"api_group": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
             subjects=subjects, opts=inside)
 
     def _policies(self, prefix: str, ns: pulumi.Output[str], args: TenantsArgs, opts: pulumi.ResourceOptions) -> None:
