@@ -14,14 +14,15 @@ import pulumi
 from infra.config import StackConfig
 from infra.images import local_builds
 from infra.settings import bucket_names, name_prefix
+from modules.database.offsite import OffsiteTarget
 from modules.mlflow import AUTH_DATABASE
+from modules.objectstore.external import ExternalStoreSettings
 from modules.platform.cloud import ManagedPostgresSpec, NodePoolSpec
 from modules.platform.contract import ClusterFacts, Platform
+from modules.platform.incluster import (ExternalDatabaseSettings, InClusterDatabase, InClusterPlatform,
+                                        InClusterSettings, OffsiteSettings)
 
 WORKLOADS_DATABASE = "workloads"  # readings, weather and predictions of the energy workload
-from modules.objectstore.external import ExternalStoreSettings
-from modules.platform.incluster import (ExternalDatabaseSettings, InClusterDatabase, InClusterPlatform,
-                                        InClusterSettings)
 
 if TYPE_CHECKING:
     from modules.platform.eks import EksSettings
@@ -86,7 +87,18 @@ def _in_cluster_settings(config: StackConfig) -> InClusterSettings:
         store_replicas=store.replicas,
         store_external=ExternalStoreSettings(store.external.endpoint, store.external.region,
                                              store.external.credentials_secret) if store.external else None,
+        offsite=_offsite(config),
     )
+
+
+def _offsite(config: StackConfig) -> OffsiteSettings | None:
+    o = config.database.backup.offsite
+    if o is None:
+        return None
+    target = OffsiteTarget(o.bucket, o.prefix, o.region, o.endpoint,
+                           pulumi.Output.secret(o.access_key_id.get_secret_value()),
+                           pulumi.Output.secret(o.secret_access_key.get_secret_value()))
+    return OffsiteSettings(o.image.ref, o.schedule, o.retention_days, target)
 
 
 def _in_cluster_database(config: StackConfig) -> InClusterDatabase | ExternalDatabaseSettings:

@@ -262,11 +262,12 @@ def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, i
     if not e.enabled:
         return
     platform_ns, monitoring_ns = namespaces.names["platform"], namespaces.names["monitoring"]
+    after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
     if pushgateway is None:
         w = config.workloads
         pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
             namespace=monitoring_ns, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
-            pusher_namespaces=[platform_ns], monitoring_namespace=monitoring_ns), opts=opts)
+            pusher_namespaces=[platform_ns], monitoring_namespace=monitoring_ns), opts=after_opts)
     endpoints = {name: {model: in_cluster_url(tenants.namespaces[name], model,
                                               spec.source.protocol if spec.source.image else "v2")
                         for model, spec in config.tenants[name].models.items()}
@@ -276,7 +277,7 @@ def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, i
         time_zone=config.workloads.time_zone, dataset=e.dataset, endpoints=endpoints, tracking_uri=tracking_url,
         resources=e.resources.to_k8s(), pushgateway_url=pushgateway.url, data_url=e.data_url, rows=e.rows,
         batch_size=e.batch_size, timeout_seconds=e.timeout_seconds,
-    ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
+    ), opts=after_opts)
 
 
 def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,

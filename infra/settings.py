@@ -20,7 +20,8 @@ PROJECT = "mlops-stack"
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
 SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"),
                 ("ci", "runners", "githubToken"), ("images", "password"), ("database", "external", "password"),
-                ("monitoring", "alerting", "receivers", "*", "credential"))  # "*": any key
+                ("monitoring", "alerting", "receivers", "*", "credential"),  # "*": any key
+                ("database", "backup", "offsite", "accessKeyId"), ("database", "backup", "offsite", "secretAccessKey"))
 
 
 class ConfigError(Exception):

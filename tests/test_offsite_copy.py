@@ -145,3 +145,23 @@ def test_replica_store_points_a_recovery_at_the_copy() -> None:
     assert replica["destinationPath"] == "s3://offsite/site-b/prod/backups/current/postgres"
     assert replica["serverName"] == "db" and replica["wal"] == {"compression": "gzip"}
     assert replica["s3Credentials"]["accessKeyId"] == {"name": "offsite-copy-s3", "key": "TARGET_ACCESS_KEY_ID"}
+
+
+
+def test_the_full_stack_copies_backups_and_artifacts_offsite_with_read_only_keys():
+    """`database.backup.offsite` declares the CronJob `mlops restore --from-offsite` looks for, with
+    a read-only identity on exactly the two buckets it copies, and no key in the plan."""
+    import json
+
+    from mlops.plan import run_program, stack_config
+
+    config = stack_config("full", Path(__file__).parent / "stacks")
+    plan = run_program("full", config)
+    assert plan.manifest("CronJob", "offsite-copy", "mlops-platform")["spec"]["schedule"] == "30 * * * *"
+    assert "plan-placeholder-secret" not in json.dumps(plan.resources)  # the target's keys stay secret
+    revealed = run_program("full", config, reveal_secrets=True)
+    identities = json.loads(revealed.manifest("Secret", "seaweedfs-s3-config", "mlops-platform")
+                            ["stringData"]["config.json"])["identities"]
+    copier = next(i for i in identities if i["name"] == "offsite-copy")
+    assert sorted(copier["actions"]) == sorted(f"{verb}:{bucket}" for bucket in ("backups", "mlflow-artifacts")
+                                               for verb in ("Read", "List", "Tagging"))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from infra.config.backup import Offsite
 from infra.config.base import BUCKET_NAME, Image, Model, Resources, cron_expression
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -22,6 +22,8 @@ class Backup(Model):
                                                           "ScheduledBackup has no time zone)")
     retention_days: int = Field(ge=1, le=3650, description="recovery window: days of base backups and WALs "
                                                            "kept (RDS: at most 35)")
+    offsite: Offsite | None = Field(default=None, description="in-cluster: copy the backups and the MLflow "
+                                                              "artifacts to a second S3-compatible store")
 
     @field_validator("schedule")
     @classmethod

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from modules.database.backup import BackupTarget
+from modules.database.offsite import OffsiteCopy, OffsiteCopyArgs, OffsiteTarget
 from modules.database.cloudnativepg import CLUSTER, CloudNativePg, CloudNativePgArgs, cloudnative_pg_operator
 from modules.database.external import ExternalPostgres, ExternalPostgresArgs
 from modules.objectstore.external import ExternalS3, ExternalS3Args, ExternalStoreSettings
@@ -21,6 +22,7 @@ from modules.objectstore.seaweedfs import S3Identity, SeaweedFs, SeaweedFsArgs
 from modules.platform.contract import BucketAccess, Cluster, Database, ObjectStore, Platform
 
 BACKUP_CLIENT = "postgres-backup"
+OFFSITE_CLIENT = "offsite-copy"  # also the CronJob's name, which `mlops restore --from-offsite` looks for
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class InClusterDatabase:
     storage_gi: int
     resources: dict[str, Any]
     backup: dict[str, Any] | None  # schedule (UTC), retention_days
+
+
+@dataclass(frozen=True)
+class OffsiteSettings:
+    """The off-cluster copy of the backups and artifact buckets (modules/database/offsite.py)."""
+
+    image: str
+    schedule: str
+    retention_days: int
+    target: OffsiteTarget
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class InClusterSettings:
     database_namespaces: Sequence[str] = ()  # reach PostgreSQL without bucket access (workload Jobs)
     store_replicas: int = 1  # SeaweedFS: 1 all-in-one pod, ≥ 3 the replicated roles
     store_external: ExternalStoreSettings | None = None  # an existing S3 API instead of SeaweedFS
+    offsite: OffsiteSettings | None = None  # a second S3 store the backups and artifacts are copied to
 
 
 class InClusterPlatform(Platform):
@@ -92,8 +105,17 @@ class InClusterPlatform(Platform):
         identities = [S3Identity(c.client, [s.buckets[b] for b in c.buckets], c.write) for c in clients]
         if isinstance(s.database, InClusterDatabase) and s.database.backup is not None:
             identities.append(S3Identity(BACKUP_CLIENT, [s.buckets["backups"]]))
+        copied = [s.buckets["backups"], s.buckets["artifacts"]]
+        if s.offsite is not None:
+            identities.append(S3Identity(OFFSITE_CLIENT, copied, write=False))
         store = self._store(s, namespace, identities, client_namespaces, opts)
         database = self._database(s, namespace, store, [*client_namespaces, *s.database_namespaces], opts)
+        if s.offsite is not None:
+            o = s.offsite
+            OffsiteCopy(OFFSITE_CLIENT, OffsiteCopyArgs(
+                namespace=namespace, image=o.image, schedule=o.schedule, retention_days=o.retention_days,
+                source_endpoint=store.endpoint_url, source_credentials=store.credentials[OFFSITE_CLIENT],
+                buckets=copied, target=o.target), opts=opts)
         object_store = ObjectStore(
             scheme="s3",
             buckets=dict(s.buckets),
