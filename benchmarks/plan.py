@@ -107,7 +107,7 @@ def main() -> None:
         if args.write_readme:
             update("benchmark:plan-tenants", tenants_table(rows))
         return
-    results = {"date": date.today().isoformat(), "machine": machine, "runs": args.runs, "stacks": {}}
+    results = {"date": date.today().isoformat(), "machine": machine, "load": load, "runs": args.runs, "stacks": {}}
     for stack in stack_names():
         times, summary = time_plan(stack, args.runs)
         results["stacks"][stack] = {

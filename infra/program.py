@@ -249,7 +249,8 @@ def _tenant_models(config: StackConfig, engine: ServingEngine, platform: Platfor
         for model, spec in t.models.items():
             args = replace(_deployment_args(spec, tenants.namespaces[name], None, registry, poll),
                            service_account=None, placement=placement, object_name=model)
-            urls.setdefault(name, {})[model] = engine.deploy(f"{name}-{model}", args, opts=after).url
+            # '.' is in no tenant or model name: distinct Pulumi names for every tenant's every model
+            urls.setdefault(name, {})[model] = engine.deploy(f"{name}.{model}", args, opts=after).url
     return urls
 
 

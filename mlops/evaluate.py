@@ -444,9 +444,10 @@ def render_table(board: Sequence[Result], t: Task) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}
-table{border-collapse:collapse;margin-top:1rem}th,td{padding:.35rem .7rem;border-bottom:1px solid #d0d7de;text-align:left}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}tr.failed td{color:#9a3412;background:#fff7ed}
-p.meta{color:#57606a}"""
+table{border-collapse:collapse;margin-top:1rem}
+th,td{padding:.35rem .7rem;border-bottom:1px solid #d0d7de;text-align:left}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.failed td{color:#9a3412;background:#fff7ed}p.meta{color:#57606a}"""
 
 
 def render_html(board: Sequence[Result], t: Task, held: HeldOut, settings: Settings, when: str) -> str:

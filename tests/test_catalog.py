@@ -59,9 +59,7 @@ def _mlops(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
-pytestmark = pytest.mark.integration
-
-
+@pytest.mark.integration
 def test_the_catalog_reads_the_seldon_model_metadata(mnist):
     file, _, _ = mnist
     result = _mlops("models", "--outputs", str(file), "--format", "json")
@@ -75,6 +73,7 @@ def test_the_catalog_reads_the_seldon_model_metadata(mnist):
     assert entries[("platform", "neo")]["status"].startswith("unreachable")
 
 
+@pytest.mark.integration
 def test_the_catalog_table_filters_by_tenant(mnist):
     file, _, _ = mnist
     result = _mlops("models", "--outputs", str(file), "--tenant", "hana")
@@ -87,6 +86,7 @@ def test_the_catalog_table_filters_by_tenant(mnist):
     assert unknown.returncode == 2 and "tenant(s) ['nobody'] have no model URL" in unknown.stderr
 
 
+@pytest.mark.integration
 def test_the_seldon_model_scores_as_it_does_in_process(mnist, tmp_path):
     file, expected, labels = mnist
     result = _mlops("evaluate", "--dataset", "mnist", "--outputs", str(file), "--tenants", "hana",

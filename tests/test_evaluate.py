@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -215,9 +216,7 @@ def evaluation(stack_env):
 
 # ------------------------------------------------------------------------------------ tests
 
-pytestmark = pytest.mark.integration
-
-
+@pytest.mark.integration
 def test_the_run_completes_and_ranks_the_good_model_above_the_worse(evaluation):
     run, results, _ = evaluation
     assert run.returncode == 0, run.stderr
@@ -233,11 +232,13 @@ def test_the_run_completes_and_ranks_the_good_model_above_the_worse(evaluation):
     assert table[1].split()[:2] == ["1", "alice"] and table[2].split()[:2] == ["2", "bob"]
 
 
+@pytest.mark.integration
 def test_the_served_version_comes_from_the_registry(evaluation, stack_env):
     _, results, _ = evaluation
     assert results[0]["version"] == stack_env["version"]
 
 
+@pytest.mark.integration
 def test_every_broken_model_is_scored_as_failed_with_its_reason(evaluation):
     run, results, _ = evaluation
     by_tenant = {r["tenant"]: r for r in results}
@@ -252,6 +253,7 @@ def test_every_broken_model_is_scored_as_failed_with_its_reason(evaluation):
     assert [r["tenant"] for r in results[2:]] == sorted(EXPECTED_REASON)
 
 
+@pytest.mark.integration
 def test_a_dead_endpoint_costs_a_few_timeouts_not_the_whole_run(evaluation):
     _, _, seconds = evaluation
     # frank: one warm-up and MAX_FAILURES requests, each cut at TIMEOUT; everything else is fast
@@ -270,6 +272,7 @@ def test_the_asset_check_rejects_a_page_with_external_assets():
     assert len(external_assets(bad)) == 3
 
 
+@pytest.mark.integration
 def test_the_html_page_is_self_contained_and_lists_every_model(evaluation, stack_env):
     page = (stack_env["work"] / "leaderboard.html").read_text()
     assert external_assets(page) == [] and "<script" not in page.lower() and "<link" not in page.lower()
@@ -280,6 +283,7 @@ def test_the_html_page_is_self_contained_and_lists_every_model(evaluation, stack
     assert page.count('class="failed"') == len(EXPECTED_REASON)
 
 
+@pytest.mark.integration
 def test_mlflow_has_one_run_per_model_with_metrics_and_params(evaluation, stack_env):
     client: MlflowClient = stack_env["client"]
     experiment = client.get_experiment_by_name("evaluation/neo")
@@ -301,6 +305,7 @@ def test_mlflow_has_one_run_per_model_with_metrics_and_params(evaluation, stack_
     assert "<td>alice</td>" in Path(page).read_text()
 
 
+@pytest.mark.integration
 def test_the_gauges_are_pushed_to_the_pushgateway(evaluation):
     _, results, _ = evaluation
     ((path, body),) = _Broken.pushed
@@ -310,14 +315,15 @@ def test_the_gauges_are_pushed_to_the_pushgateway(evaluation):
     alice, frank = results[0], next(r for r in results if r["tenant"] == "frank")
     assert samples[("mlops_evaluation_score", (("metric", "f1"), ("model", "neo"), ("tenant", "alice")))] == \
         pytest.approx(alice["scores"]["f1"])
-    assert samples[("mlops_evaluation_latency_seconds", (("model", "neo"), ("quantile", "0.99"),
-                                                         ("tenant", "alice")))] == pytest.approx(alice["latency"]["p99"])
+    p99 = samples[("mlops_evaluation_latency_seconds", (("model", "neo"), ("quantile", "0.99"), ("tenant", "alice")))]
+    assert p99 == pytest.approx(alice["latency"]["p99"])
     assert samples[("mlops_evaluation_failures_total", (("model", "neo"), ("reason", "timeout"),
                                                         ("tenant", "frank")))] == frank["failures"]["timeout"]
     assert samples[("mlops_evaluation_failures_total", (("model", "neo"), ("reason", "timeout"),
                                                         ("tenant", "alice")))] == 0
 
 
+@pytest.mark.integration
 def test_mlops_models_describes_the_live_endpoints_from_their_metadata(evaluation, stack_env):
     result = _mlops("models", "--outputs", str(stack_env["work"] / "outputs.json"), "--format", "json",
                     "--timeout", "5")
@@ -383,3 +389,131 @@ def test_energy_is_refused_with_the_reason():
         evaluate.task("energy")
     with pytest.raises(ValueError, match="one of neo, mnist"):
         evaluate.task("iris")
+
+
+# ------------------------------------------------------------------ the CronJob on the plan
+
+CLASS = {"tenants": {
+    "ada": {"members": ["gh-ada"], "repositories": ["class/ada"],
+            "models": {"neo": {"source": {"alias": "champion"}},
+                       "digits": {"source": {"image": {"repository": "registry.example.org/ada/digits", "tag": "1"},
+                                             "protocol": "seldon"}}}},
+    "bo": {"members": ["gh-bo"], "repositories": ["class/bo"], "models": {"neo": {"source": {"alias": "champion"}}}},
+}}
+EVALUATION = {"enabled": True, "schedule": "0 6 * * 1", "dataset": "neo", "dataUrl": "https://example.org/nasa.csv"}
+
+
+def _stack(tmp_path: Path, name: str, evaluation: dict, extra: dict | None = None) -> tuple:
+    import yaml
+
+    config = {"mlops-stack:platform": "minikube", "mlops-stack:environment": "dev",
+              "mlops-stack:tenants": CLASS["tenants"], "mlops-stack:evaluation": evaluation,
+              **{f"mlops-stack:{k}": v for k, v in (extra or {}).items()}}
+    (tmp_path / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": config}))
+    from mlops.plan import stack_config
+
+    return stack_config(name, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def evaluation_plan(tmp_path_factory):
+    from mlops.plan import run_program
+
+    # secrets revealed: the MLflow users' desired state is a Secret
+    return run_program("evalplan", _stack(tmp_path_factory.mktemp("stacks"), "evalplan", EVALUATION),
+                       reveal_secrets=True)
+
+
+def _objects(plan, kind: str, name: str) -> list[dict]:
+    return [o for o in plan.kubernetes_objects if o["kind"] == kind and o["metadata"]["name"] == name]
+
+
+def test_the_cron_job_evaluates_every_tenant_model_on_its_executor_service(evaluation_plan):
+    (cron,) = _objects(evaluation_plan, "CronJob", "evaluation")
+    assert cron["metadata"]["namespace"] == "mlops-platform"
+    assert cron["spec"]["schedule"] == "0 6 * * 1" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:5] == ["python", "-m", "mlops.evaluate", "--dataset", "neo"]
+    assert container["command"][container["command"].index("--data") + 1] == EVALUATION["dataUrl"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-evaluation",
+                                                                             "key": "username"}
+    assert env["PUSHGATEWAY_URL"]["value"] == "http://pushgateway.monitoring.svc.cluster.local:9091"
+    (config_map,) = _objects(evaluation_plan, "ConfigMap", "evaluation-endpoints")
+    assert json.loads(config_map["data"]["endpoints.json"]) == {
+        "ada": {"digits": "http://digits-main.ada.svc.cluster.local:8000/api/v1.0/predictions",
+                "neo": "http://neo-main.ada.svc.cluster.local:8000/v2/models/model/infer"},
+        "bo": {"neo": "http://neo-main.bo.svc.cluster.local:8000/v2/models/model/infer"}}
+    # the file the Job reads is the format `mlops evaluate --outputs` reads
+    endpoints = evaluate.endpoints(json.loads(config_map["data"]["endpoints.json"]))
+    assert [(e.tenant, e.model, e.protocol) for e in endpoints] == [
+        ("ada", "digits", "seldon"), ("ada", "neo", "v2"), ("bo", "neo", "v2")]
+
+
+def test_the_urls_name_services_the_tenant_policies_admit_the_platform_to(evaluation_plan):
+    """Seldon 1.17.1 names the predictor Service `<sdep>-<predictor>`, engine port 8000; each tenant's
+    NetworkPolicy admits the platform namespace on it."""
+    for tenant in ("ada", "bo"):
+        deployments = [o for o in evaluation_plan.kubernetes_objects if o["kind"] == "SeldonDeployment"
+                       and o["metadata"]["namespace"] == tenant]
+        assert {(d["metadata"]["name"], d["spec"]["predictors"][0]["name"]) for d in deployments} >= {("neo", "main")}
+        (policy,) = [o for o in evaluation_plan.kubernetes_objects if o["kind"] == "NetworkPolicy"
+                     and o["metadata"]["namespace"] == tenant and o["metadata"]["name"] == "tenant-ingress"]
+        admitted = [rule for rule in policy["spec"]["ingress"] for source in rule.get("from", [])
+                    if source.get("namespaceSelector", {}).get("matchLabels", {}).get(
+                        "kubernetes.io/metadata.name") == "mlops-platform"]
+        assert any({"port": 8000, "protocol": "TCP"} in rule.get("ports", []) for rule in admitted), policy
+
+
+def test_the_evaluation_may_only_write_its_experiment(evaluation_plan):
+    state = json.loads(evaluation_plan.manifest("Secret", "mlflow-users-state", "mlflow")["stringData"]["state.json"])
+    users = {u["username"]: u for u in state["users"]}
+    assert users["evaluation"]["permissions"] == [{"kind": "experiment", "name": "evaluation/neo",
+                                                   "permission": "EDIT"}]
+    (push,) = [o for o in evaluation_plan.kubernetes_objects if o["kind"] == "NetworkPolicy"
+               and o["metadata"]["name"] == "pushgateway-ingress"]
+    sources = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for rule in push["spec"]["ingress"] for s in rule["from"]}
+    assert "mlops-platform" in sources
+
+
+@pytest.mark.parametrize("evaluation, extra, words", [
+    ({**EVALUATION, "tenants": ["ada", "zoe"]}, None, "evaluation.tenants: ['zoe'] are not tenants"),
+    ({"enabled": True, "dataset": "neo"}, None, "dataUrl is required for dataset neo"),
+    ({**EVALUATION, "dataset": "energy"}, None, "evaluation.dataset"),
+    ({**EVALUATION, "schedule": "daily"}, None, "cron expression"),
+    (EVALUATION, {"tenants": {}}, "the evaluated tenants serve no model"),
+])
+def test_bad_evaluation_config_is_refused_naming_the_key(tmp_path, evaluation, extra, words):
+    from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_config
+
+    with pytest.raises(ConfigError) as error:
+        parse_stack_config(*raw_from_pulumi_config(*_stack(tmp_path, "bad", evaluation, extra)))
+    assert words in str(error.value), str(error.value)
+
+
+def test_the_image_file_set_runs_the_evaluation(tmp_path):
+    """The files modules/evaluation/Dockerfile copies are all `python -m mlops.evaluate` imports:
+    run it from a copy of exactly those files, with the checkout off the path."""
+    dockerfile = (ROOT / "modules" / "evaluation" / "Dockerfile").read_text()
+    copied = [src for line in dockerfile.splitlines() if line.startswith("COPY ") and "requirements" not in line
+              for src in line.split()[1:-1]]
+    for src in copied:
+        (tmp_path / src).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / src).write_text((ROOT / src).read_text())
+    nowhere = f"http://127.0.0.1:{free_port()}/v2/models/m/infer"
+    (tmp_path / "outputs.json").write_text(json.dumps({"t": {"m": nowhere}}))
+    # -S: no site, so no editable-install finder; the packages (not their .pth hooks) stay reachable
+    site_packages = sysconfig.get_paths()["purelib"]
+    script = (f"import sys; sys.path[:0] = [{str(tmp_path)!r}]; sys.path.append({site_packages!r}); "
+              "import mlops.evaluate as e; assert e.__file__.startswith(sys.path[0]), e.__file__; "
+              "sys.exit(e.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-S", "-c", script, "--dataset", "neo", "--outputs", "outputs.json",
+                             "--data", neo_data.default_source(), "--rows", "20", "--no-mlflow", "--timeout", "2"],
+                            cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr
+    assert "FAILED (" in result.stdout and "unreachable" in result.stdout
+    dockerignore = (ROOT / "modules" / "evaluation" / "Dockerfile.dockerignore").read_text().split()
+    assert {f"!{src}" for src in copied} <= set(dockerignore)

@@ -18,7 +18,7 @@ from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_conf
 from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import validate_plan
 from modules.mlflow.users import JOB
-from modules.tenants import MLFLOW_SECRET, READER_SECRET, TENANT_LABEL, quota_hard, tenant_mlflow_users
+from modules.tenants import MLFLOW_SECRET, READER_SECRET, TENANT_LABEL, quota_hard, reader_username, tenant_mlflow_users
 from tests.test_mlflow_users import Api, invocation, password_of, plan_users, run_job
 from tests.services import mlflow_server, postgres, s3_api
 
@@ -115,7 +115,7 @@ def _grant_problems(tenant: str, users: dict[str, dict[str, Any]], models: list[
     expected = {
         f"tenant-{tenant}": {("experiment", experiment(tenant, m), "EDIT") for m in models}
         | {("registered_model", registered_model(tenant, m), "EDIT") for m in models},
-        f"tenant-{tenant}-reader": {("registered_model", registered_model(tenant, m), "READ") for m in models},
+        reader_username(tenant): {("registered_model", registered_model(tenant, m), "READ") for m in models},
     }
     problems = []
     for username, grants in expected.items():
@@ -143,11 +143,12 @@ def isolation_problems(objects: list[dict[str, Any]], state: dict[str, Any], con
         problems += [f"ClusterRoleBinding {binding['metadata']['name']} names tenant subject {s}"
                      for s in binding.get("subjects") or [] if s.get("namespace") in config.tenants]
     # no other MLflow user holds a grant on a tenant's names
-    owners = {f"tenant-{name}" for name in config.tenants} | {f"tenant-{name}-reader" for name in config.tenants}
+    logins = {name: {f"tenant-{name}", reader_username(name)} for name in config.tenants}
+    owners = set().union(*logins.values())
     for user in state["users"]:
         for p in user["permissions"]:
             owner = re.split(r"[./]", p["name"])[0]
-            if owner in config.tenants and not user["username"].startswith(f"tenant-{owner}"):
+            if owner in config.tenants and user["username"] not in logins[owner]:
                 problems.append(f"MLflow user {user['username']} holds {p['permission']} on {p['name']}")
             if user["username"] in owners and owner not in config.tenants:
                 problems.append(f"MLflow user {user['username']} holds {p['permission']} on {p['name']}")
@@ -208,6 +209,19 @@ def test_each_tenant_ci_reads_only_its_own_mlflow_login(class_stack):
     assert secret["stringData"]["username"] == "tenant-student-09"
     assert password_of(plan, "tenant-student-09") == secret["stringData"]["password"]
     assert plan.manifest("Job", JOB)["metadata"]["namespace"] == "mlflow"  # admin credentials stay there
+
+
+def test_names_that_share_a_prefix_stay_distinct():
+    """Tenant `a` with model `b-c` and tenant `a-b` with model `c`; tenant `x` and `x-reader`."""
+    values, secrets = stack_config("dev")
+    tenants = {"a": {"models": {"b-c": {"source": {"alias": "champion"}}}},
+               "a-b": {"models": {"c": {"source": {"alias": "champion"}}}}, "x": {}, "x-reader": {}}
+    plan = run_program("dev", ({**values, "mlops-stack:tenants": json.dumps(tenants)}, secrets), reveal_secrets=True)
+    served = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in plan.kubernetes_objects
+              if o["kind"] == "SeldonDeployment"}
+    assert served == {("a", "b-c"), ("a-b", "c")}
+    usernames = [u["username"] for u in _state(plan)["users"]]
+    assert len(usernames) == len(set(usernames)) == 1 + 2 * len(tenants)
 
 
 # ---- config errors ------------------------------------------------------------------------------
@@ -382,7 +396,7 @@ def test_a_student_cannot_take_a_model_name_another_student_has_not_registered_y
 @pytest.mark.integration
 def test_a_tenant_model_reader_reads_and_cannot_write(tenant_server, published):
     server, plan = tenant_server
-    reader = _as(server, plan, "tenant-alice-reader")
+    reader = _as(server, plan, reader_username("alice"))
     assert reader("GET", "/api/2.0/mlflow/registered-models/alias",
                   params={"name": "alice.iris", "alias": "champion"}).status_code == 200
     assert reader("POST", "/api/2.0/mlflow/model-versions/create",
@@ -416,7 +430,8 @@ def test_gke_tenant_repositories_impersonate_only_their_tenant_account():
     assert subjects == ["repo:bob/side-project:ref:refs/heads/main", "repo:class/alice-models:ref:refs/heads/main",
                         "repo:class/bob-models:ref:refs/heads/main"]
     assert {m["role"] for m in members} == {"roles/iam.workloadIdentityUser"}
-    roles = {r["inputs"]["role"] for r in plan.of_type("gcp:projects/iAMMember:IAMMember") if "tenant-github-" in r["name"]}
+    roles = {r["inputs"]["role"] for r in plan.of_type("gcp:projects/iAMMember:IAMMember")
+             if "tenant-github-" in r["name"]}
     assert roles == {"roles/container.clusterViewer"}
     provider = next(r for r in plan.of_type("gcp:iam/workloadIdentityPoolProvider:WorkloadIdentityPoolProvider")
                     if r["name"] == "tenant-github")
@@ -424,7 +439,7 @@ def test_gke_tenant_repositories_impersonate_only_their_tenant_account():
     assert {"mlops-full-gke-t-alice", "mlops-full-gke-t-bob"} <= set(accounts)
     email = "mlops-full-gke-t-alice@my-mlops-project.iam.gserviceaccount.com"  # the mocks' e-mail for the account
     assert _tenant_binding_subjects(plan, "alice") == [
-        {"kind": "User", "name": email, "apiGroup": "rbac.authorization.k8s.io"}] * 2
+        {"kind": "User", "name": email, "apiGroup": "rbac.authorization.k8s.io"}]  # one binding: the tenant Role
     assert not [o for o in plan.kubernetes_objects if o["kind"] == "ServiceAccount"
                 and o["metadata"].get("namespace") == "alice"]  # no deploy token where identities are keyless
 
@@ -444,7 +459,7 @@ def test_eks_tenant_roles_trust_their_repositories_and_map_to_their_group():
     assert not [r for r in plan.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
                 if r["name"].startswith("tenant-github-")]  # nothing cluster-wide
     assert _tenant_binding_subjects(plan, "bob") == [
-        {"kind": "Group", "name": "mlops-tenant-bob", "apiGroup": "rbac.authorization.k8s.io"}] * 2
+        {"kind": "Group", "name": "mlops-tenant-bob", "apiGroup": "rbac.authorization.k8s.io"}]
 
 
 @pytest.mark.parametrize("stack", ["full-gke", "full-eks"])
@@ -470,3 +485,25 @@ def test_create_applies_to_registered_models_only():
     bad = MlflowUser("u", "ns", "s", (MlflowPermission("experiment", "e", "EDIT", create=True),))
     with pytest.raises(Exception, match="create applies to registered_model only"):
         plan_users([bad], "http://mlflow:5000", "admin-password-1")
+
+
+@pytest.mark.integration
+def test_the_users_job_reconciles_a_class_of_60_within_its_deadline_and_memory(class_stack, tenant_server):
+    """The class plan's own Job (command, env, state) against the real server: 60 × 2 tenant users."""
+    import time
+
+    from infra.config import memory_mib
+    from infra.program import MLFLOW_USERS_RESOURCES
+
+    plan, _ = class_stack
+    server, _ = tenant_server
+    declared = len(_state(plan)["users"])
+    started = time.monotonic()
+    code, stdout, stderr, rss = run_job(plan, MLFLOW_TRACKING_URI=server.url, MLFLOW_TRACKING_PASSWORD=server.password)
+    elapsed = time.monotonic() - started
+    assert code == 0, stderr[-3000:]
+    assert f"{declared} user(s) declared, 0 failure(s)" in stdout and declared == 121
+    deadline = plan.manifest("Job", JOB)["spec"]["activeDeadlineSeconds"]
+    print(f"class users Job: {declared} users in {elapsed:.1f} s, peak RSS {rss:.1f} MiB")
+    assert elapsed < deadline / 2, f"{elapsed:.0f} s of the Job's {deadline} s deadline"
+    assert rss < memory_mib(MLFLOW_USERS_RESOURCES.memory_limit)

@@ -55,7 +55,7 @@ class StackConfig(Model):
 
     @model_validator(mode="after")
     def _evaluated_tenants(self) -> StackConfig:
-        self.evaluation.check_tenants(self.tenants, self.serving.engine)
+        self.evaluation.check_tenants(self.tenants)
         return self
 
     @property

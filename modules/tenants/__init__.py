@@ -4,10 +4,10 @@ Per tenant: a namespace (Pod Security enforced, labelled `mlops-stack/tenant`), 
 (requests, limits, pods and served models), a LimitRange (every container runs with the same
 default and at most the same maximum), a NetworkPolicy that denies all ingress except from the
 gateway, Prometheus, the platform and the tenant's own pods, and the Role its CI deploys with
-(modules/ci/rbac.py's model-deployer rules in its namespace, plus reading its own MLflow login). Where no keyless cloud
-identity exists, a namespaced deploy token (a ServiceAccount token) is the CI's credential
-(docs/decisions/0015-tenant-ci-access.md). MLflow identities are declared by the caller through
-`mlflow_users` (one reconcile Job serves the whole platform).
+(modules/ci/rbac.py's model-deployer rules in its namespace, plus reading its own MLflow login).
+Where no keyless cloud identity exists, a namespaced deploy token (a ServiceAccount token) is the
+CI's credential (docs/decisions/0015-tenant-ci-access.md). The caller declares the MLflow logins of
+`tenant_mlflow_users` in the platform's one MlflowUsers (one reconcile Job for everyone).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ READER_SECRET = "mlflow-model-reader"  # the tenant's read-only login its model 
 # Seldon 1.17.1's executor: http and metrics on 8000, grpc on 5001; MLServer's metrics on 6000
 # (operator/controllers/seldondeployment_engine.go, operator/constants/constants.go)
 MODEL_PORTS = (8000, 5001)
-INGRESS_POLICY = "tenant-ingress"
 METRICS_PORTS = (8000, 6000)
+INGRESS_POLICY = "tenant-ingress"
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,14 @@ def tenant_mlflow_users(tenant: str, namespace: pulumi.Input[str], experiments: 
     writer = MlflowUser(f"tenant-{tenant}", namespace, MLFLOW_SECRET, tuple(
         [MlflowPermission("experiment", e, "EDIT") for e in experiments]
         + [MlflowPermission("registered_model", m, "EDIT", create=True) for m in models]))
-    reader = MlflowUser(f"tenant-{tenant}-reader", namespace, READER_SECRET,
+    reader = MlflowUser(reader_username(tenant), namespace, READER_SECRET,
                         tuple(MlflowPermission("registered_model", m, "READ") for m in models))
     return [writer, reader]
+
+
+def reader_username(tenant: str) -> str:
+    """`tenant-<name>.reader`: '.' never occurs in a tenant name, so no tenant's login can be another's."""
+    return f"tenant-{tenant}.reader"
 
 
 def quota_hard(cpu: str, memory: str, cpu_limit: str, memory_limit: str, pods: int, models: int) -> dict[str, str]:
@@ -88,11 +93,10 @@ class Tenants(pulumi.ComponentResource):
     """`namespaces[tenant]` resolves once the tenant's namespace exists."""
 
     namespaces: dict[str, pulumi.Output[str]]
-    deploy_tokens: dict[str, pulumi.Output[str]]  # tenant -> Secret holding its CI token (in its namespace)
 
     def __init__(self, name: str, args: TenantsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:tenants:Tenants", name, None, opts)
-        self.namespaces, self.deploy_tokens = {}, {}
+        self.namespaces = {}
         for tenant in args.tenants:
             self._tenant(name, tenant, args)
         self.register_outputs({"namespaces": self.namespaces})
@@ -121,7 +125,7 @@ class Tenants(pulumi.ComponentResource):
         self._policies(prefix, ns, args, inside)
         subjects = [dict(s) for s in t.ci_subjects]
         if args.deploy_tokens:
-            subjects.append(self._deploy_token(prefix, t.name, ns, inside))
+            subjects.append(self._deploy_token(prefix, ns, inside))
         role = k8s.rbac.v1.Role(f"{prefix}-ci", metadata=kube.metadata(CI_ROLE, ns, "ci"), rules=[
             *DEPLOYER_RULES,
             {"api_groups": [""], "resources": ["secrets"], "resource_names": [MLFLOW_SECRET], "verbs": ["get"]},
@@ -145,18 +149,17 @@ class Tenants(pulumi.ComponentResource):
             f"{prefix}-ingress", metadata=kube.metadata(INGRESS_POLICY, ns, "tenant"),
             spec={"pod_selector": {}, "policy_types": ["Ingress"], "ingress": rules}, opts=opts)
 
-    def _deploy_token(self, prefix: str, tenant: str, ns: pulumi.Output[str],
+    def _deploy_token(self, prefix: str, ns: pulumi.Output[str],
                       opts: pulumi.ResourceOptions) -> dict[str, pulumi.Input[str]]:
         """A ServiceAccount bound to the tenant's Role only, and a long-lived token Secret the token
         controller fills in; the professor hands it to the tenant as its repository's secret."""
         account = k8s.core.v1.ServiceAccount(
             f"{prefix}-deployer", metadata=kube.metadata(DEPLOYER, ns, "ci"),
             automount_service_account_token=False, opts=opts)
-        token = k8s.core.v1.Secret(
+        k8s.core.v1.Secret(
             f"{prefix}-deployer-token",
             metadata=kube.metadata(f"{DEPLOYER}-token", ns, "ci",
                                    annotations={"kubernetes.io/service-account.name": account.metadata.name}),
             type="kubernetes.io/service-account-token",
             opts=opts)
-        self.deploy_tokens[tenant] = token.metadata.name
         return {"kind": "ServiceAccount", "name": DEPLOYER, "namespace": ns}

@@ -165,7 +165,8 @@ class TenantRoles(pulumi.ComponentResource):
                                 type="STANDARD", kubernetes_groups=[tenant_group(tenant)], opts=child)
             self.identities[tenant] = CiIdentities(
                 outputs={"roleArn": role.arn},
-                model_deployer={"kind": "Group", "name": tenant_group(tenant), "api_group": "rbac.authorization.k8s.io"})
+                model_deployer={"kind": "Group", "name": tenant_group(tenant),
+                                "api_group": "rbac.authorization.k8s.io"})
         self.register_outputs({})
 
 

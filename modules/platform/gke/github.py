@@ -147,7 +147,8 @@ class TenantFederation(pulumi.ComponentResource):
                 display_name=f"GitHub Actions of tenant {tenant}", opts=child)
             for i, repository in enumerate(repositories):
                 gcp.serviceaccount.IAMMember(
-                    f"{name}-{tenant}-subject-{i}", service_account_id=account.name, role="roles/iam.workloadIdentityUser",
+                    f"{name}-{tenant}-subject-{i}", service_account_id=account.name,
+                    role="roles/iam.workloadIdentityUser",
                     member=principal(pool.name, f"repo:{repository}:ref:{args.deploy_ref}"), opts=child)
             for role in TENANT_ROLES:
                 gcp.projects.IAMMember(f"{name}-{tenant}-{role.rsplit('/', 1)[-1]}", project=args.project, role=role,
