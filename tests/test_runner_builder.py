@@ -23,7 +23,7 @@ from infra.config.ci import RunnersConfig
 from infra.platforms import cluster_facts
 from infra.settings import parse_stack_config, raw_from_pulumi_config
 from mlops.paths import ROOT
-from mlops.plan import Plan, run_program, stack_config, write_plan
+from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import validate_plan
 from modules.ci.runners import (
     BUILDER_NAMESPACE,
