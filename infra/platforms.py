@@ -161,7 +161,8 @@ def _gke_settings(config: StackConfig) -> GkeSettings:
         database=_postgres_spec(config, g.database.version, g.database.tier, g.database.storage_gi,
                                 g.database.high_availability),
         database_edition=g.database.edition,
-        buckets=bucket_names(config, stack),
+        # no `backups` bucket: Cloud SQL keeps its own automated backups and PITR logs, nothing would write it
+        buckets={p: n for p, n in bucket_names(config, stack).items() if p != "backups"},
         registry=g.registry,
         noncurrent_version_days=g.noncurrent_version_days,
         prefix=name_prefix(g.name_prefix, stack),

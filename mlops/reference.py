@@ -38,6 +38,8 @@ def _allowed(annotation: Any, info: FieldInfo) -> str:
 
 def _walk(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any, FieldInfo]]:
     for name, info in model.model_fields.items():
+        if info.exclude:  # filled in by the program, never written in a stack file
+            continue
         key = f"{prefix}{info.alias or name}"
         if typing.get_origin(info.annotation) is dict:  # a map of named entries, e.g. serving.models
             key += ".<name>"

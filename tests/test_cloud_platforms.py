@@ -88,8 +88,8 @@ def test_outputs_name_cluster_kubeconfig_registry_mlflow_and_buckets(cloud, plan
     assert outputs["clusterName"] == f"mlops-{cloud}"
     assert outputs["kubeconfig"] == SECRET
     assert outputs["mlflowUrl"] == "https://mlflow.mlops.example.com"
-    # eks has no `backups` bucket: nothing writes it there (tests/test_eks_platform.py)
-    assert set(outputs["buckets"]) == {"artifacts", "datasets", *({"backups"} if cloud == "gke" else ())}
+    # no `backups` bucket on the clouds: the managed databases keep their own backups, nothing writes it
+    assert set(outputs["buckets"]) == {"artifacts", "datasets"}
     registry = {"gke": f"europe-west1-docker.pkg.dev/{GCP_PROJECT}/mlops",
                 "eks": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops"}[cloud]
     assert outputs["registryUrl"] == registry
@@ -199,7 +199,7 @@ def test_cloud_sql_has_no_public_ip_and_requires_tls(plan_of):
 def test_gcs_buckets_are_private_versioned_and_expire_old_versions(plan_of):
     buckets = of(plan_of("gke"), "gcp:storage/bucket:Bucket")
     assert {b["inputs"]["name"] for b in buckets} == {
-        f"{GCP_PROJECT}-mlops-gke-{n}" for n in ("mlflow-artifacts", "datasets", "backups")}
+        f"{GCP_PROJECT}-mlops-gke-{n}" for n in ("mlflow-artifacts", "datasets")}
     for bucket in buckets:
         spec = bucket["inputs"]
         assert spec["uniformBucketLevelAccess"] is True and spec["publicAccessPrevention"] == "enforced"

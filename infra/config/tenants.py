@@ -26,7 +26,7 @@ REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?=[A-Za-z0-9])){0,38}/[A-
 # namespaces a tenant may not take: Kubernetes' own and those of the charts the platform installs
 SYSTEM_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease", "istio-system",
                                "seldon-system", "kserve", "cert-manager", "cnpg-system", "arc-systems", "arc-runners"})
-MAX_TENANT = 40  # keeps `tenant-<name>-reader` and the cloud identity names within their limits
+MAX_TENANT = 40  # keeps `<prefix>-t-<tenant>` (IAM role, at most 64) and the MLflow logins short
 
 
 def registered_model(tenant: str, model: str) -> str:
@@ -46,14 +46,16 @@ def _quantity(pattern: re.Pattern[str], example: str, v: str) -> str:
 
 
 class TenantQuota(Model):
-    """The tenant namespace's ResourceQuota: requests and limits of all its pods together."""
+    """The tenant namespace's ResourceQuota: requests and limits of all its pods together. The
+    defaults fit 3 models × (model 100m/512Mi, limits 500m/1Gi + Seldon's executor 100m/128Mi,
+    limits 500m/512Mi); a tenant's unset keys are those of `tenantDefaults.quota`."""
 
-    cpu: str = Field(description="sum of CPU requests")
-    memory: str = Field(description="sum of memory requests")
-    cpu_limit: str = Field(description="sum of CPU limits")
-    memory_limit: str = Field(description="sum of memory limits")
-    pods: int = Field(ge=1, le=1000)
-    models: int = Field(ge=0, le=100, description="served models (SeldonDeployments)")
+    cpu: str = Field(default="1", description="sum of CPU requests")
+    memory: str = Field(default="2Gi", description="sum of memory requests")
+    cpu_limit: str = Field(default="3", description="sum of CPU limits")
+    memory_limit: str = Field(default="5Gi", description="sum of memory limits")
+    pods: int = Field(default=6, ge=1, le=1000, description="pods (replicas × predictors of its models)")
+    models: int = Field(default=3, ge=0, le=100, description="served models (SeldonDeployments)")
 
     @field_validator("cpu", "cpu_limit")
     @classmethod
@@ -67,8 +69,8 @@ class TenantQuota(Model):
 
 
 class ContainerMax(Model):
-    cpu: str
-    memory: str
+    cpu: str = Field(default="1", description="most CPU limit a tenant container may state")
+    memory: str = Field(default="1Gi", description="most memory limit a tenant container may state")
 
     @field_validator("cpu")
     @classmethod
@@ -85,8 +87,10 @@ class TenantLimits(Model):
     """The LimitRange of every tenant namespace: what a container gets when it states nothing, and
     the most it may state. Model pods state the model's resources, so all models get the same."""
 
-    default: Resources = Resources(cpu="100m", memory="512Mi", cpu_limit="500m", memory_limit="1Gi")
-    max: ContainerMax = ContainerMax(cpu="1", memory="1Gi")
+    default: Resources = Field(default=Resources(cpu="100m", memory="512Mi", cpu_limit="500m", memory_limit="1Gi"),
+                               description="a container's requests and limits when it states none; also "
+                                           "every tenant model's resources unless tenantDefaults.model says others")
+    max: ContainerMax = ContainerMax()
 
     @model_validator(mode="after")
     def _default_within_max(self) -> TenantLimits:
@@ -99,17 +103,13 @@ class TenantLimits(Model):
         return self
 
 
-# 3 models × (model 100m/512Mi, limits 500m/1Gi + Seldon's executor 100m/128Mi, limits 500m/512Mi)
-_DEFAULT_QUOTA = TenantQuota(cpu="1", memory="2Gi", cpu_limit="3", memory_limit="5Gi", pods=6, models=3)
-
-
 class TenantDefaults(Model):
     """`tenantDefaults`: what every tenant gets unless it says otherwise (quota) or never may change
     (limits, pod security: the same conditions for all)."""
 
     pod_security: Literal["baseline", "restricted"] = Field(
         default="baseline", description="Pod Security Standard enforced (Seldon's model pods meet baseline)")
-    quota: TenantQuota = Field(default_factory=lambda: _DEFAULT_QUOTA)
+    quota: TenantQuota = TenantQuota()
     limits: TenantLimits = TenantLimits()
     deploy_ref: str = Field(default="refs/heads/main", pattern=r"^refs/(heads|tags)/[\w./-]+$",
                             description="gke/eks: the only ref of a tenant repository whose jobs get its identity")
@@ -122,7 +122,7 @@ class TenantDefaults(Model):
         """A stack sets only the keys it changes (e.g. quota.pods); the rest stay the defaults."""
         if not isinstance(data, dict):
             return data
-        base = {"quota": _DEFAULT_QUOTA.model_dump(by_alias=True), "limits": TenantLimits().model_dump(by_alias=True)}
+        base = {"quota": TenantQuota().model_dump(by_alias=True), "limits": TenantLimits().model_dump(by_alias=True)}
         return _merge(base, data)
 
 
@@ -140,8 +140,9 @@ CONTEXT = "mlops-stack/context"
 
 class TenantConfig(Model):
     members: list[str] = Field(default_factory=list, description="GitHub users of the tenant")
-    repositories: list[str] = Field(default_factory=list, description="owner/repo allowed to publish models")
-    quota: TenantQuota
+    repositories: list[str] = Field(default_factory=list, description="owner/repo allowed to publish models (a "
+                                    "keyless identity on gke/eks; `tenants.fromFile`: a YAML file of tenants)")
+    quota: TenantQuota = TenantQuota()
     models: dict[str, ServedModelConfig] = Field(default_factory=dict)
     context: TenantContext = Field(alias=CONTEXT, exclude=True)
 
@@ -311,12 +312,22 @@ def _load_file(path: str) -> dict[str, Any]:
     return document
 
 
-def _file_errors(path: str, name: str, error: ValidationError) -> list[str]:
+def _errors(where: str, name: str, error: ValidationError) -> list[str]:
+    """`<where>tenants.<name>.<key>: <message>` per error (`where`: the class file, if any)."""
     problems = []
     for e in error.errors():
         key = ".".join(str(p) for p in (name, *e["loc"]))
-        problems.append(f"{path}: tenants.{key}: {e['msg'].removeprefix('Value error, ')}")
+        problems.append(f"{where}tenants.{key}: {e['msg'].removeprefix('Value error, ')}")
     return problems
+
+
+def _validated(where: str, name: str, raw: Any, defaults: TenantDefaults, context: dict[str, Any],
+               problems: list[str]) -> TenantConfig | None:
+    try:
+        return TenantConfig.model_validate(_tenant_raw(name, raw, defaults, context))
+    except ValidationError as error:
+        problems += _errors(where, name, error)
+        return None
 
 
 def _context(info: ValidationInfo, defaults: TenantDefaults) -> dict[str, Any]:
@@ -339,11 +350,13 @@ def parse_tenants(value: Any, info: ValidationInfo) -> Any:
     if value and serving is not None and serving.engine != "seldon":
         raise ValueError(f"tenants need serving.engine seldon (the tenant Role and quota count SeldonDeployments); "
                          f"serving.engine is {serving.engine!r}")
-    context = _context(info, defaults)
+    context, problems = _context(info, defaults), []
     inline = {str(k): v for k, v in value.items() if k != FROM_FILE}
-    tenants: dict[str, Any] = {k: _tenant_raw(k, v, defaults, context) for k, v in inline.items()}
+    # validated here, not by pydantic after this returns: errors then show the tenant as written,
+    # not merged with the defaults and the context
+    tenants = {name: t for name, raw in inline.items()
+               if (t := _validated("", name, raw, defaults, context, problems)) is not None}
     path = value.get(FROM_FILE)
-    problems = []
     if path is not None:
         if not isinstance(path, str):
             raise ValueError(f"{FROM_FILE}: a path (string) relative to the project is allowed")
@@ -351,25 +364,20 @@ def parse_tenants(value: Any, info: ValidationInfo) -> Any:
             name = str(name)
             if name in inline:
                 problems.append(f"{path}: tenant {name!r} is also declared inline under tenants; declare it once")
-                continue
-            try:
-                tenants[name] = TenantConfig.model_validate(_tenant_raw(name, raw, defaults, context))
-            except ValidationError as error:
-                problems += _file_errors(path, name, error)
+            elif (t := _validated(f"{path}: ", name, raw, defaults, context, problems)) is not None:
+                tenants[name] = t
     problems += _shared_repositories(tenants)
     if problems:
         raise ValueError("; ".join(problems))
     return tenants
 
 
-def _shared_repositories(tenants: dict[str, Any]) -> list[str]:
+def _shared_repositories(tenants: dict[str, TenantConfig]) -> list[str]:
     """A repository publishes for one tenant: its token subject is what scopes it to a namespace."""
     owners: dict[str, list[str]] = {}
     for name, t in tenants.items():
-        repositories = t.repositories if isinstance(t, TenantConfig) else (
-            t.get("repositories") if isinstance(t, dict) else None)
-        for repository in repositories or []:
-            owners.setdefault(str(repository), []).append(name)
+        for repository in t.repositories:
+            owners.setdefault(repository, []).append(name)
     return [f"tenants.{' and tenants.'.join(names)}: repository {repository!r} is listed by each; a repository "
             "publishes for one tenant" for repository, names in sorted(owners.items()) if len(names) > 1]
 
