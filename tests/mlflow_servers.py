@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.mlflow import AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND, auth_ini, server_command
+from modules.mlflow import AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND, SERVER_SETTINGS, auth_ini, server_command
 from tests.services import Postgres, free_port, stop, wait_http
 
 ADMIN = ("admin", "throughput-admin-pw-1")
@@ -43,6 +43,7 @@ def _env(db: Postgres, dbs: Databases, work: Path, s3_endpoint: str, cache_ttl: 
         "MLFLOW_AUTH_CONFIG_PATH": str(work / "auth.ini"),
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0], "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "throughput-secret-key",
+        **SERVER_SETTINGS,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from modules.mlflow import auth_ini, server_command
+from modules.mlflow import SERVER_SETTINGS, auth_ini, server_command
 from tests.tools import require_tool
 
 
@@ -160,6 +160,7 @@ def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
         "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
         "MLFLOW_AUTH_ADMIN_PASSWORD": "integration-admin-pw",
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "integration-secret-key",
+        **SERVER_SETTINGS,
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",

@@ -26,6 +26,10 @@ from modules.platform.contract import Database, ObjectStore
 PORT = 5000
 UID = 10001  # the non-root user of modules/mlflow/image/Dockerfile
 AUTH_DATABASE = "mlflow_auth"
+# MLflow 3.17 starts a job runner and seven Huey consumers when its backend is a database
+# (measured: 10 processes, 1.86 GiB PSS at idle); the platform runs no server-side jobs (prompt
+# optimisation, scorers), so the server stays 2 processes. The tests start it with the same.
+SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 # basic-auth's own cache of successful checks (keyed by user + HMAC of the password; failures are
 # never cached): a changed or removed password is refused everywhere within this time
 AUTH_CACHE_TTL_SECONDS = 30
@@ -238,10 +242,7 @@ class Mlflow(pulumi.ComponentResource):
                     lambda ns: allowed_hosts("mlflow", ns, args.external_hosts)
                 ),
                 "HOME": "/tmp",
-                # MLflow 3.17 starts a job runner and seven Huey consumers when its backend is a
-                # database (measured: 10 processes, 1.86 GiB PSS at idle); the platform runs no
-                # server-side jobs (prompt optimisation, scorers), so the server stays 2 processes.
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **SERVER_SETTINGS,
             }),
         ]
         if args.artifacts.endpoint_url is not None:
