@@ -53,7 +53,9 @@ $(TOOLS)/kserve/installed: | $(VENV)/bin/python
 	$(call tool_venv,kserve==0.20.0 kubernetes==33.1.0)
 
 test: test-deps
-	$(VENV)/bin/python -m pytest
+	# most of the suite waits on real servers: three workers on two cores, each file on one worker
+	# (a file's tests share their servers and keep their order)
+	$(VENV)/bin/python -m pytest -n 3 --dist loadfile
 
 plan: venv
 	$(VENV)/bin/mlops plan --stack $(STACK)

@@ -43,6 +43,9 @@ def client(services):
     patch = pytest.MonkeyPatch()
     for key, value in tracking(server).items():
         patch.setenv(key, value)
+    # bounded: a request the loaded server drops is retried after 30 s, not waited on for minutes
+    patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         patch.delenv(var, raising=False)
     yield MlflowClient()
