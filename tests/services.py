@@ -115,6 +115,9 @@ def postgres(databases: tuple[str, ...], user: str = "mlflow", password: str = "
         shutil.rmtree(root, ignore_errors=True)
 
 
+_open_s3 = 0  # s3_api servers running in this process
+
+
 @contextmanager
 def s3_api(buckets: tuple[str, ...]) -> Iterator[str]:
     """moto's S3 server on a loopback port, with `buckets` created; yields the endpoint URL."""
@@ -125,6 +128,10 @@ def s3_api(buckets: tuple[str, ...]) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    global _open_s3
+    if _open_s3 == 0:  # moto keeps one backend per process: drop what an earlier test's servers left
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10)
+    _open_s3 += 1
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test")
@@ -132,6 +139,7 @@ def s3_api(buckets: tuple[str, ...]) -> Iterator[str]:
             s3.create_bucket(Bucket=bucket)
         yield endpoint
     finally:
+        _open_s3 -= 1
         server.stop()
 
 
