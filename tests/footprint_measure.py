@@ -394,13 +394,14 @@ def measure_platform(found: Platform) -> list[Measurement]:
 
 def measure_pushgateway(plan: Plan, binary: str, n: int = BURST) -> Measurement:
     """The Deployment's container runs the image's entry point with no flags; here Debian's
-    build of the same program, listening on loopback, then `n` pushes of a job's gauges."""
+    build of the same program, listening on loopback, then `n` pushes of a job's gauges. Debian's
+    build persists to a file by default, upstream's in memory: the flag restores upstream's default."""
     container = pod_spec(plan, "Deployment", "pushgateway")["containers"][0]
     if container.get("command") or container.get("args"):
         raise ValueError("pushgateway container sets command/args: run them here too (tests/footprint_measure.py)")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="pushgateway-") as tmp, \
-            started([binary, f"--web.listen-address=127.0.0.1:{port}"], process_env({}), Path(tmp),
+            started([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="], process_env({}), Path(tmp),
                     Path(tmp) / "log") as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/-/ready", timeout=30, process=proc)

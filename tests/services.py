@@ -25,10 +25,32 @@ from modules.mlflow import SERVER_SETTINGS, auth_ini, server_command
 from tests.tools import require_tool
 
 
+_PORTS_FROM, _PORTS_PER_WORKER = 20000, 1500  # below Linux's ephemeral range (32768-60999)
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port no other test process will hand out, outside the kernel's ephemeral range.
+
+    `bind(("", 0))` returns an ephemeral port that is free *now*: a server takes seconds to bind it
+    on a loaded machine, and meanwhile another xdist worker's `bind(0)` or any outgoing connection
+    may take the same number (seen: an MLflow server that never bound, a client sent to another
+    test's server). Each worker draws from its own block, so only a bind check is left to do.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = _PORTS_FROM + (int(worker) if worker.isdigit() else 0) % 8 * _PORTS_PER_WORKER
+    if not _next_port:
+        _next_port.append(first + os.getpid() % _PORTS_PER_WORKER)
+    for _ in range(_PORTS_PER_WORKER):
+        port = first + (_next_port[0] - first) % _PORTS_PER_WORKER
+        _next_port[0] = port + 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + _PORTS_PER_WORKER - 1}")
 
 
 def stop(process: subprocess.Popen, grace: float = 10) -> None:
@@ -190,5 +212,7 @@ def mlflow_server(db: Postgres, s3_endpoint: str, artifacts_bucket: str,
         print(log.read_text()[-4000:])
         raise
     finally:
+        if process.poll() is not None:  # died while tests used it: they only saw "connection refused"
+            print(f"MLflow server on {url} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         stop(process)
         shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,6 @@ credential, only Secret references, and the stack without receivers is warned ab
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -28,6 +27,7 @@ from infra.settings import ConfigError, parse_stack_config
 from mlops.crds import validate_custom_resource
 from mlops.plan import Plan, run_program, stack_config
 from modules.monitoring.alerting import CONFIG_NAME, CREDENTIALS_SECRET, config_spec
+from tests.services import free_port
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,12 +322,6 @@ class Receiver(ThreadingHTTPServer):
             return [body for p, s, body in self.messages if p == path and (status is None or s == status)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
@@ -345,7 +339,7 @@ def start_alertmanager(alerting: dict[str, Any], tmp_path: Path) -> Iterator[str
                if "credential" in r}
     config = tmp_path / "alertmanager.yml"
     config.write_text(yaml.safe_dump(operator_config(spec, secrets), sort_keys=False))
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],

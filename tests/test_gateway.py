@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from mlops.crds import validate_custom_resource
 from mlops.paths import ROOT
 from mlops.plan import Plan, run_program, stack_config
 from modules.gateway import INGRESS_RELEASE, ISTIO_INGRESS_CLASS, NODE_PORTS, PORT_FORWARD, tls_problems
+from tests.services import free_port
 from tests.tools import require_tool
 
 STACKS = ("dev", "onprem", "gke", "eks")
@@ -342,12 +342,6 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["STUB_PORT"])), H).serve_for
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stub_env(tmp_path: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
@@ -355,7 +349,7 @@ def stub_env(tmp_path: Path) -> dict[str, str]:
     for name, body in STUBS.items():
         (bin_dir / name).write_text(STUB + body)
         (bin_dir / name).chmod(0o755)
-    port = _free_port()
+    port = free_port()
     outputs = {"gatewayPortForward": "kubectl -n istio-system port-forward svc/istio-ingressgateway 8080:80",
                "mlflowUrl": f"http://127.0.0.1:{port}", "grafanaUrl": f"http://127.0.0.1:{port}",
                "modelsBaseUrl": f"http://127.0.0.1:{port}/seldon/serving/", "mlflowAdminUsername": "admin"}

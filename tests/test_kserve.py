@@ -21,6 +21,7 @@ from typing import Any
 import mlflow.artifacts
 import pytest
 import requests
+import yaml
 
 from infra.platforms import cluster_facts
 from infra.settings import ConfigError, parse_stack_config, raw_from_pulumi_config
@@ -60,6 +61,13 @@ def dev_kserve() -> Plan:
 @pytest.fixture(scope="module")
 def full_plans() -> dict[str, Plan]:
     return {stack: run_program(stack, stack_config(stack, STACKS)) for stack in ("full", "full-kserve")}
+
+
+def test_the_kserve_twin_of_the_full_stack_differs_only_in_its_engine():
+    """The comparison below is only meaningful while the two files carry the same options."""
+    full, twin = (yaml.safe_load((STACKS / f"Pulumi.{s}.yaml").read_text())["config"] for s in ("full", "full-kserve"))
+    assert twin["mlops-stack:serving"].pop("engine") == "kserve"
+    assert twin == full
 
 
 def _isvc(plan: Plan, name: str) -> dict[str, Any]:

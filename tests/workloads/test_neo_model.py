@@ -32,6 +32,13 @@ def test_candidates_over_the_latency_budget_are_out():
         model.select(scores, budget_ms=1.0)
 
 
+def test_a_choice_exists_when_the_best_f1_and_the_best_auc_belong_to_different_models():
+    """Seen on a crippled training table: no candidate was within tolerance of both maxima."""
+    scores = [score("forest", 0.90, 0.95, 3.0), score("linear", 0.80, 0.99, 0.5),
+              score("broken", float("nan"), float("nan"), 0.1)]
+    assert model.select(scores) == "forest"
+
+
 @pytest.fixture(scope="module")
 def result() -> model.Result:
     return model.train_and_select(data.preprocess(data.load(str(nasa_csv()))))
