@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import Model
-from infra.config.cloud import NAME_PREFIX, NodePool, cidr, private_cidr, valid_name_prefix, zone_letter
+from infra.config.cloud import CloudAccount, NodePool, private_cidr, zone_letter
 
 
 class EksNodePool(NodePool):
@@ -92,7 +92,7 @@ CLOUDWATCH_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400
                              2922, 3288, 3653)
 
 
-class AwsConfig(Model):
+class AwsConfig(CloudAccount):
     """AWS (platform `eks`): VPC, EKS, RDS, S3, ECR, IAM roles for service accounts."""
 
     region: str = Field(default="eu-west-1", description="region of every resource")
@@ -102,9 +102,6 @@ class AwsConfig(Model):
                           description="VPC range, split into a private and a public subnet per zone")
     nat_gateways: Literal["single", "perZone"] = Field(
         description="one NAT gateway, or one per zone (no cross-zone egress dependency)")
-    private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
-    authorized_networks: list[str] = Field(default=[],
-                                           description="CIDRs allowed to reach the public endpoint; [] = any")
     cluster_admins: list[str] = Field(
         default=[], description="IAM role/user ARNs given cluster admin (AmazonEKSClusterAdminPolicy) beside the "
                                 "creator and the CI infra role (not the identity running `pulumi up`: EKS made "
@@ -119,8 +116,6 @@ class AwsConfig(Model):
         description="ECR repositories created under `registry` (ECR creates none on push)")
     log_retention_days: int = Field(description="control-plane log retention (a CloudWatch value: 1, 3, 5, 7, "
                                                 "14, 30, 60, 90, 120, 150, 180, 365, …)")
-    noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")
-    name_prefix: str | None = NAME_PREFIX
 
     @field_validator("region")
     @classmethod
@@ -153,11 +148,6 @@ class AwsConfig(Model):
             raise ValueError("a prefix length from /16 to /20 is allowed (room for a subnet pair per zone)")
         return v
 
-    @field_validator("authorized_networks")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        return [cidr(c) for c in v]
-
     @field_validator("cluster_admins", "cluster_viewers")
     @classmethod
     def _principals(cls, v: list[str]) -> list[str]:
@@ -176,11 +166,6 @@ class AwsConfig(Model):
             raise ValueError(f"{', '.join(both)} in both clusterAdmins and clusterViewers: an IAM principal has one "
                              "access entry; allowed in one list")
         return self
-
-    @field_validator("name_prefix")
-    @classmethod
-    def _prefix(cls, v: str | None) -> str | None:
-        return valid_name_prefix(v)
 
     @field_validator("registry")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import Model
 
@@ -58,3 +58,23 @@ def valid_name_prefix(v: str | None) -> str | None:
     if v is not None and not re.fullmatch(r"[a-z][a-z0-9-]{1,15}[a-z0-9]", v):
         raise ValueError("3-17 lowercase letters, digits and '-' (starting with a letter) are allowed")
     return v
+
+
+class CloudAccount(Model):
+    """What both clouds' sections carry: control-plane reachability, bucket versioning, physical names."""
+
+    private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
+    authorized_networks: list[str] = Field(default=[], description="CIDRs allowed to reach the control plane's "
+                                           "public endpoint; [] = any (refused on prod unless privateEndpoint)")
+    noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")
+    name_prefix: str | None = NAME_PREFIX
+
+    @field_validator("authorized_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return [cidr(c) for c in v]
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        return valid_name_prefix(v)

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import Model
-from infra.config.cloud import NAME_PREFIX, NodePool, cidr, private_cidr, valid_name_prefix, zone_letter
+from infra.config.cloud import CloudAccount, NodePool, private_cidr, zone_letter
 
 
 class GkeNodePool(NodePool):
@@ -104,7 +104,7 @@ class GcpNetwork(Model):
         return self
 
 
-class GcpConfig(Model):
+class GcpConfig(CloudAccount):
     """Google Cloud (platform `gke`): VPC, GKE, Cloud SQL, GCS, Artifact Registry, Workload Identity."""
 
     project: str = Field(description="Google Cloud project id")
@@ -113,15 +113,10 @@ class GcpConfig(Model):
     regional: bool = Field(description="regional cluster (control plane and nodes in 3 zones) instead of zonal")
     autopilot: bool = Field(default=False, description="GKE Autopilot (regional only; node pools are Google's)")
     release_channel: Literal["RAPID", "REGULAR", "STABLE", "EXTENDED"] = Field(description="GKE release channel")
-    private_endpoint: bool = Field(default=False, description="control plane reachable only from the VPC")
-    authorized_networks: list[str] = Field(default=[], description="CIDRs allowed to reach the control plane; "
-                                           "[] = any (refused on prod unless privateEndpoint)")
     network: GcpNetwork = GcpNetwork()
     node_pools: GkeNodePools
     database: CloudSqlConfig
     registry: str = Field(default="mlops", description="Artifact Registry Docker repository id")
-    noncurrent_version_days: int = Field(ge=1, le=3650, description="days a replaced object version is kept")
-    name_prefix: str | None = NAME_PREFIX
 
     @field_validator("project")
     @classmethod
@@ -141,16 +136,6 @@ class GcpConfig(Model):
     @classmethod
     def _zone(cls, v: str) -> str:
         return zone_letter(v)
-
-    @field_validator("authorized_networks")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        return [cidr(c) for c in v]
-
-    @field_validator("name_prefix")
-    @classmethod
-    def _prefix(cls, v: str | None) -> str | None:
-        return valid_name_prefix(v)
 
     @field_validator("registry")
     @classmethod
