@@ -9,10 +9,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from modules.mlflow import AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND, SERVER_SETTINGS, auth_ini, server_command
 from tests.services import Postgres, free_port, stop, wait_http
@@ -93,3 +99,47 @@ def _server(db: Postgres, dbs: Databases, s3_endpoint: str, bucket: str, auth: b
     finally:
         stop(process)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# MLflow's client defaults (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, ..._BACKOFF_FACTOR=2) and retry codes
+TRANSIENT = (408, 429, 500, 502, 503, 504)
+
+
+def retrying_session(auth: tuple[str, str] | None) -> requests.Session:
+    """A session that retries like MLflow's own client (`mlflow.utils.request_utils`): transient
+    status codes and connection errors, every method, exponential backoff."""
+    session = requests.Session()
+    session.auth = auth
+    retry = Retry(total=7, connect=7, read=7, status=7, status_forcelist=TRANSIENT, allowed_methods=None,
+                  backoff_factor=2, raise_on_status=True)
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+class MetricWriter(threading.Thread):
+    """Logs one run's metric, step after step, until `until`; counts what the server acknowledged,
+    the 5xx answers its retries absorbed, and the errors the caller would have seen."""
+
+    def __init__(self, url: str, auth: tuple[str, str] | None, experiment: str, until: float):
+        super().__init__()
+        self.url, self.auth, self.experiment, self.until = url, auth, experiment, until
+        self.run_id, self.acked, self.retried_5xx, self.errors = "", 0, 0, []
+
+    def run(self) -> None:
+        session = retrying_session(self.auth)
+        created = session.post(f"{self.url}/api/2.0/mlflow/runs/create", json={"experiment_id": self.experiment},
+                               timeout=30)
+        self.run_id = created.json()["run"]["info"]["run_id"]
+        while time.monotonic() < self.until:
+            try:
+                response = session.post(f"{self.url}/api/2.0/mlflow/runs/log-metric", timeout=30, json={
+                    "run_id": self.run_id, "key": "loss", "value": 1.0 / (self.acked + 1),
+                    "timestamp": int(time.time() * 1000), "step": self.acked})
+            except requests.RequestException as e:
+                self.errors.append(repr(e))
+                continue
+            self.retried_5xx += sum(1 for h in response.raw.retries.history if (h.status or 0) >= 500)
+            if response.status_code == 200:
+                self.acked += 1
+            else:
+                self.errors.append(f"{response.status_code}: {response.text[:200]}")
