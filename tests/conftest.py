@@ -1,8 +1,11 @@
-"""Shared fixtures: offline plans of the shipped stacks, and the CI rule that nothing may skip."""
+"""Shared fixtures: offline plans of the shipped stacks, each test module's clean MLflow client state,
+and the CI rule that nothing may skip."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -23,6 +26,28 @@ def plan_of() -> Callable[[str], Plan]:
         return cache[stack]
 
     return get
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_mlflow_client() -> Iterator[None]:
+    """Every test module starts with no MLflow tracking or registry URI set in the process.
+
+    `mlflow.set_tracking_uri` is process-global, outranks $MLFLOW_TRACKING_URI and also writes that
+    variable into os.environ: a module that set it left the next module of the same xdist worker
+    talking to a server that was gone (seen: "connection refused" in modules that passed alone).
+    """
+    _forget_mlflow_uris()
+    yield
+    _forget_mlflow_uris()
+
+
+def _forget_mlflow_uris() -> None:
+    mlflow = sys.modules.get("mlflow")  # not imported yet: no URI held in the process
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(var, None)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
