@@ -62,7 +62,7 @@ def test_credentials_come_only_from_secrets(dev):
     assert url.startswith("postgresql://mlflow:") and url.endswith("/workloads?sslmode=require")
     energy = [o for o in dev.kubernetes_objects if o["kind"] in ("Job", "CronJob")
               and o["metadata"]["namespace"] == "ml-workloads"]
-    assert len(energy) == 4
+    assert len(energy) == 5  # train, prod, pre, monitor and (demoData) ingest
     for obj in energy:
         spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
         for container in spec["template"]["spec"]["containers"]:

@@ -53,9 +53,10 @@ def _command(obj: dict) -> list[str]:
     return _pod(obj)["containers"][0]["command"]
 
 
-def test_declares_training_job_two_forecast_cronjobs_and_a_monitor(plan):
+def test_declares_training_job_two_forecast_cronjobs_a_monitor_and_the_demo_ingest(plan):
     kinds = sorted((o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in plan.kubernetes_objects)
     assert kinds == [
+        ("batch/v1", "CronJob", "energy-ingest"),
         ("batch/v1", "CronJob", "energy-monitor"),
         ("batch/v1", "CronJob", "energy-pre"),
         ("batch/v1", "CronJob", "energy-prod"),
@@ -81,7 +82,7 @@ def test_prod_serves_champion_and_pre_shadows_with_challenger_daily_at_eleven_lo
 
 def test_training_job_seeds_demo_data_then_trains_and_registers(plan):
     pod = _pod(plan.manifest("Job", "energy-train"))
-    assert pod["initContainers"][0]["command"][-1] == "--synthetic"
+    assert pod["initContainers"][0]["command"][3:] == ["--synthetic", "--users", "20", "--seed", "0", "--days", "120"]
     assert pod["containers"][0]["command"][-2:] == ["--from-database", "--register"]
     without_demo = plan_of(EnergyArgs(context=CONTEXT))
     assert "initContainers" not in _pod(without_demo.manifest("Job", "energy-train"))
@@ -126,7 +127,7 @@ def test_settings_reach_the_manifests():
 def test_rendered_manifests_pass_the_kubernetes_schema(plan):
     report = validate_plan(plan, KUBERNETES_VERSION)
     assert report.ok, report.render()
-    assert report.checked == 4
+    assert report.checked == 5
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,18 @@ from datetime import date
 
 import pandas as pd
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 CONSUMPTION_COLUMNS = ("user_id", "timestamp", "kwh")
 WEATHER_COLUMNS = ("timestamp", "temperature_c")
 LOCAL_TZ = "Europe/Madrid"
 ARCHIVE_URL = "https://archive-api.open-meteo.com/v1/archive"
 FORECAST_URL = "https://api.open-meteo.com/v1/forecast"
+# a rate limit or a server hiccup is worth waiting out (0 s, 4 s, 8 s, honouring Retry-After);
+# a rejected request (400: the reason says what) is not
+OPEN_METEO_RETRY = Retry(total=3, backoff_factor=2, status_forcelist=(429, 500, 502, 503, 504),
+                         allowed_methods=("GET",), raise_on_status=False)
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], source: object) -> None:
@@ -109,23 +115,30 @@ def parse_open_meteo(payload: dict) -> pd.DataFrame:
 
 
 def fetch_open_meteo(latitude: float, longitude: float, start: date, end: date, *, forecast: bool = False,
-                     tz: str = LOCAL_TZ, timeout: float = 30.0, url: str | None = None) -> pd.DataFrame:  # fmt: skip
+                     tz: str = LOCAL_TZ, timeout: float = 30.0, url: str | None = None,
+                     retry: Retry = OPEN_METEO_RETRY) -> pd.DataFrame:  # fmt: skip
     """Hourly 2 m temperature from Open-Meteo (no API key): the archive for past days (ERA5, ~5 days
     behind), the forecast API for recent and coming days (up to 16 ahead) — what a daily batch job
-    passes to the model for the day it predicts. `url` overrides the endpoint (a mirror, a test server)."""
-    response = requests.get(
-        url or (FORECAST_URL if forecast else ARCHIVE_URL),
-        params={
-            "latitude": latitude,
-            "longitude": longitude,
-            "start_date": start.isoformat(),
-            "end_date": end.isoformat(),
-            "hourly": "temperature_2m",
-            "timezone": tz,
-        },
-        timeout=timeout,
-    )
+    passes to the model for the day it predicts. `url` overrides the endpoint (a mirror, a test server).
+    `timeout` bounds each connect and each read; timeouts and connection errors are retried like 5xx,
+    then raised (requests.RequestException), as is an HTTP error (RuntimeError with the API's reason)."""
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        response = session.get(
+            url or (FORECAST_URL if forecast else ARCHIVE_URL),
+            params={
+                "latitude": latitude,
+                "longitude": longitude,
+                "start_date": start.isoformat(),
+                "end_date": end.isoformat(),
+                "hourly": "temperature_2m",
+                "timezone": tz,
+            },
+            timeout=timeout,
+        )
     if not response.ok:  # Open-Meteo explains a rejected request in {"error": true, "reason": ...}
         reason = response.json().get("reason") if "json" in response.headers.get("content-type", "") else None
         raise RuntimeError(f"Open-Meteo {response.url}: HTTP {response.status_code}: {reason or response.text[:200]}")
     return parse_open_meteo(response.json())
+

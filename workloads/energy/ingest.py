@@ -5,7 +5,10 @@
 
 A real site's meter feed writes `energy_readings` itself; this is for back-filling exports and for
 demos. `--synthetic` writes `--days` days of readings ending yesterday and the weather up to
-tomorrow, so that `predict` (tomorrow) and `train` work at once on a fresh stack.
+tomorrow, so that `predict` (tomorrow) and `train` work at once on a fresh stack. The generator is
+deterministic per (seed, user, day) and writes are upserts, so overlapping windows and re-runs
+write the same values once: the training Job seeds 120 days, the demo's `energy-ingest` CronJob
+then the last three every night.
 """
 
 from __future__ import annotations

