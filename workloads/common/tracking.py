@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+TRIGGER_TAG = "trigger"  # what started the run: RETRAIN_TRIGGER (set by modules/retraining), else manual
 
 
 def connect(tracking_uri: str | None, experiment: str) -> None:
@@ -15,6 +19,15 @@ def connect(tracking_uri: str | None, experiment: str) -> None:
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
+    tag_runs_with_trigger()
+
+
+def tag_runs_with_trigger() -> None:
+    """Every run this process starts carries `trigger=<kind>`: MLflow adds the JSON tags of
+    MLFLOW_RUN_CONTEXT (its SystemEnvironmentContext) to each `mlflow.start_run`."""
+    tags = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
+    tags[TRIGGER_TAG] = os.environ.get("RETRAIN_TRIGGER") or "manual"
+    os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps(tags)
 
 
 def promote(model_name: str, version: int | str, alias: str = CHAMPION) -> None:
