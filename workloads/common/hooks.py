@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from workloads.common import promotion
 from workloads.common.tracking import CHALLENGER, CHAMPION
@@ -164,8 +165,28 @@ def run(commands: Mapping[str, Callable[[], None]], argv: list[str] | None = Non
         commands[args[0]]()
     except (HookError, LookupError) as error:
         print(f"::error::{args[0]}: {error}")
+        if args[0] == "smoke":
+            record_smoke_failure(commands[args[0]])
         return 1
     return 0
+
+
+def record_smoke_failure(step: Callable[[], None]) -> None:
+    """Tag the version under test `smoke_failed_at` (a change failure once it is champion: the
+    delivery metrics count it). Its model is the hooks module's `train.MODEL_NAME` (every workload's
+    and the starter's hooks import their `train`); its version $MODEL_VERSION, else $MODEL_ROLE's
+    alias. Best effort: the smoke step has failed either way."""
+    model = getattr(step.__globals__.get("train"), "MODEL_NAME", None)
+    if not isinstance(model, str):
+        print("note smoke failure not recorded: the hooks module has no train.MODEL_NAME")
+        return
+    try:
+        client = MlflowClient()
+        version = env("MODEL_VERSION") or expected_version(client, model, role())
+        promotion.record_smoke_failure(client, model, version)
+        print(f"note {model} v{version}: tagged {promotion.SMOKE_FAILED_TAG}")
+    except (HookError, MlflowException, OSError) as error:
+        print(f"note smoke failure not recorded in MLflow: {error}")
 
 
 def promote_or_fail(client: MlflowClient, decision: promotion.Decision) -> None:

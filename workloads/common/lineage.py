@@ -8,8 +8,10 @@ The training run logs an MLflow dataset (name, digest, row count) whose source i
 copy (`runs:/<dataset run>/data/<file>`), and tags the original location and the copy.
 
 `provenance()` are the run's tags for the git commit (GIT_SHA, else GIT_COMMIT: what the pipeline
-and the image build set) and the image (IMAGE, `registry/name@sha256:…`); `tag_version` copies
-the lineage tags onto the registered model version, so `mlops lineage` reads version → run → dataset → commit → image.
+and the image build set), its committer time (GIT_COMMIT_TIME, else `git show` in the checkout the
+pipeline runs from: where the delivery lead time starts) and the image (IMAGE, `registry/name@sha256:…`);
+`tag_version` copies the lineage tags onto the registered model version, so `mlops lineage` reads
+version → run → dataset → commit → image.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from mlflow.data.dataset_source_registry import register_dataset_source
 DATASETS_EXPERIMENT = "datasets"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 IMAGE_TAG = "lineage.image"
+COMMIT_TIME_TAG = "lineage.git.commit_time"  # ISO 8601 with offset (`git show -s --format=%cI`)
 DATASET_TAGS = ("digest", "rows", "source", "copy")  # lineage.dataset.<name>.<key>
 DIGEST_FIELD = 32  # MLflow's dataset digest holds 36 characters: the first 128 bits; tags keep all 256
 
@@ -142,14 +146,29 @@ def log_training_data(name: str, data: pd.DataFrame | dict[str, np.ndarray], sou
 
 
 def provenance() -> dict[str, str]:
-    """The git commit and image of this run, from the environment the pipeline / image sets."""
+    """The git commit (and its time) and image of this run, from the environment the pipeline / image sets."""
     tags = {}
     commit = os.environ.get("GIT_SHA") or os.environ.get("GIT_COMMIT")
     if commit:
         tags[GIT_COMMIT_TAG] = commit
+    when = os.environ.get("GIT_COMMIT_TIME") or (commit_time(commit) if commit else None)
+    if when:
+        tags[COMMIT_TIME_TAG] = when
     if os.environ.get("IMAGE"):
         tags[IMAGE_TAG] = os.environ["IMAGE"]
     return tags
+
+
+def commit_time(commit: str) -> str | None:
+    """The committer time of `commit` in the current checkout; None without git or that commit."""
+    if commit.startswith("-"):
+        return None
+    try:
+        shown = subprocess.run(["git", "show", "-s", "--format=%cI", commit], capture_output=True, text=True,
+                               timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (shown.stdout.strip() or None) if shown.returncode == 0 else None
 
 
 def tag_version(model_name: str, version: int | str, run_id: str) -> None:

@@ -10,6 +10,9 @@ recent last, each with when it was replaced. A tag and not a second alias becaus
 go back more than one step (two bad promotions in a row), it lives in the registry beside the
 alias it describes (no other store, visible in the UI), and it is read and written with the same
 MLflow credentials the pipeline already has. The pipeline's concurrency group serialises writers.
+
+The version tags `promoted_at`, `rolled_back_at` and `smoke_failed_at` (UTC, ISO 8601) are the
+events the delivery metrics (mlops/delivery.py) are computed from.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from workloads.common.tracking import CHALLENGER, CHAMPION
 
 HISTORY_TAG = "champion.history"
 MAX_HISTORY = 50  # entries kept: a tag value is bounded (MLflow: 5,000 characters)
+PROMOTED_TAG = "promoted_at"
 ROLLED_BACK_TAG = "rolled_back_at"
+SMOKE_FAILED_TAG = "smoke_failed_at"
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,13 @@ def promote(client: MlflowClient, model: str, version: str) -> str | None:
         entries = [*history(client, model), {"version": current.version, "replaced_at": _now()}][-MAX_HISTORY:]
         client.set_registered_model_tag(model, HISTORY_TAG, json.dumps(entries))
     client.set_registered_model_alias(model, CHAMPION, str(version))
+    client.set_model_version_tag(model, str(version), PROMOTED_TAG, _now())
     return current.version if current is not None else None
+
+
+def record_smoke_failure(client: MlflowClient, model: str, version: str) -> None:
+    """Mark `version` as having failed a smoke test now: after its promotion, a change failure."""
+    client.set_model_version_tag(model, str(version), SMOKE_FAILED_TAG, _now())
 
 
 def rollback(client: MlflowClient, model: str) -> tuple[str, str]:
