@@ -28,6 +28,9 @@ from workloads.neo import data, model
 
 EXPERIMENT = "Hazardous_NEOs"
 MODEL_NAME = "NEOs"
+# what `mlops drift` compares served traffic with (mlops/drift.py reads it from the champion's run)
+REFERENCE_PATH = "reference/reference.json"
+REFERENCE_ROWS = 500  # ~200 KB of JSON; enough for a KS test and ten-bin PSI per feature
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,15 @@ def flavor_options(fitted: ClassifierMixin, example: pd.DataFrame) -> dict[str, 
         # these are the types of the model trained just before, so they are ours to trust.
         "skops_trusted_types": skops.io.get_untrusted_types(data=skops.io.dumps(fitted)),
     }
+
+
+def reference(fitted: ClassifierMixin, X: pd.DataFrame, rows: int = REFERENCE_ROWS) -> dict[str, Any]:
+    """A seeded sample of the training table's features and the model's class shares on it: the
+    distributions served requests and answers are compared with. No identifiers (data.features drops them)."""
+    sample = X.sample(min(rows, len(X)), random_state=model.SEED)
+    shares = pd.Series(fitted.predict(sample)).value_counts(normalize=True)
+    return {"rows": len(sample), "features": {c: sample[c].astype(float).tolist() for c in sample.columns},
+            "prediction_shares": {str(k): float(v) for k, v in shares.items()}}
 
 
 def run(source: str, tracking_uri: str | None = None, register: bool = False, alias: str | None = None) -> Outcome:
@@ -89,6 +101,7 @@ def run(source: str, tracking_uri: str | None = None, register: bool = False, al
             metrics["grouped_cv_f1_mean"] = result.grouped_cv_f1_mean
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"features": list(prepared.X.columns), "dropped": prepared.dropped}, "preprocessing.json")
+        mlflow.log_dict(reference(result.model, prepared.X), REFERENCE_PATH)
         info = mlflow.sklearn.log_model(result.model, name="model",
                                         registered_model_name=MODEL_NAME if register else None,
                                         **flavor_options(result.model, result.X_test.head(3)))

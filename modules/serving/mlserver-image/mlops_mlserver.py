@@ -12,12 +12,18 @@ schema errors to a 400; this does the same for V2. Selected with MLSERVER_MODEL_
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -25,6 +31,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlserver.errors import InferenceError
 from mlserver.logging import logger
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
@@ -98,6 +105,11 @@ class _Metrics:
         self.load_failures = Counter("mlops_model_load_failures_total",
                                      "Failed look-ups or loads of the version an alias points at; the "
                                      "previous version keeps serving", ["model", "alias", "stage"])
+        self.samples = Counter("mlops_inference_samples_total", "Requests written to the inference log",
+                               ["model", "alias"])
+        self.sample_failures = Counter("mlops_inference_log_failures_total",
+                                       "Failed writes of the inference log (the lines are kept for the next)",
+                                       ["model", "alias"])
 
 
 _METRICS: _Metrics | None = None
@@ -122,6 +134,102 @@ def _download_and_load(model: str, version: ModelVersion) -> LoadedVersion:
     return LoadedVersion(str(version.version), version.run_id, pyfunc, directory)
 
 
+# ---- a sample of served requests and responses, for drift monitoring (docs/decisions/0017-drift-monitoring.md) ----
+
+LOG_URI_ENV, LOG_RATE_ENV, LOG_FLUSH_ENV = ("MLOPS_INFERENCE_LOG_URI", "MLOPS_INFERENCE_LOG_RATE",
+                                            "MLOPS_INFERENCE_LOG_FLUSH_SECONDS")
+# what the sampler holds while the store is unreachable (of the pod's memory); the oldest go first beyond it
+MAX_PENDING_CHARS = 32 * 2 ** 20
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Where samples go (`<uri>/<model>/<alias>/<YYYY-MM-DD>/<time>-<id>.jsonl`; an artifact URI
+    MLflow writes: s3:// with boto3, in the image, or a local path; gs:// would need
+    google-cloud-storage) and which share of requests is kept. Off unless both env vars are set: a
+    sample holds what callers sent, so keeping it is an explicit choice."""
+
+    uri: str
+    rate: float
+    flush_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SampleSettings | None:
+        uri, rate = env.get(LOG_URI_ENV, "").rstrip("/"), float(env.get(LOG_RATE_ENV) or 0)
+        if not 0 <= rate <= 1:
+            raise InferenceError(f"{LOG_RATE_ENV}={rate}: a share between 0 and 1 is allowed")
+        flush = float(env.get(LOG_FLUSH_ENV) or 60)
+        if flush <= 0:
+            raise InferenceError(f"{LOG_FLUSH_ENV}={flush} must be positive")
+        return cls(uri, rate, flush) if uri and rate > 0 else None
+
+
+def request_id(payload: InferenceRequest) -> str:
+    """Istio's x-request-id when the request came through the mesh: a shadow predictor receives the
+    same header (Istio mirrors it), so champion and challenger samples pair up; else the V2 id."""
+    headers = (payload.parameters and payload.parameters.headers) or {}
+    return str(headers.get("x-request-id") or payload.id or uuid.uuid4())
+
+
+class InferenceSampler:
+    """Keeps `rate` of the requests (decided by a hash of the request id, so the champion and its
+    shadow keep the same ones) with their outputs, and writes them as one JSON-lines object per
+    flush. Writing is blocking (run it in a thread); a failed write keeps the lines for the next one."""
+
+    def __init__(self, settings: SampleSettings, model: str, alias: str) -> None:
+        self.settings, self.model, self.alias = settings, model, alias
+        self._pending: list[str] = []
+        self._chars = 0
+
+    def wants(self, rid: str) -> bool:
+        digest = int.from_bytes(hashlib.sha256(rid.encode()).digest()[:8], "big")
+        return digest < self.settings.rate * 2 ** 64
+
+    def record(self, rid: str, payload: InferenceRequest, response: InferenceResponse, version: str) -> None:
+        line = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "request_id": rid,
+                "model": self.model, "alias": self.alias, "version": version,
+                "inputs": {i.name: _values(i.data) for i in payload.inputs},
+                "outputs": {o.name: _values(o.data) for o in response.outputs}}
+        text = json.dumps(line, separators=(",", ":"))
+        self._pending.append(text)
+        self._chars += len(text)
+        self._trim()
+
+    def take(self) -> list[str]:
+        """The pending lines, handed over on the event loop (no request appends meanwhile)."""
+        lines, self._pending, self._chars = self._pending, [], 0
+        return lines
+
+    def keep(self, lines: list[str]) -> None:
+        """Lines a write failed on, put back before the newer ones."""
+        self._pending[:0] = lines
+        self._chars += sum(map(len, lines))
+        self._trim()
+
+    def _trim(self) -> None:
+        dropped = 0
+        while self._chars > MAX_PENDING_CHARS and len(self._pending) > dropped + 1:
+            self._chars -= len(self._pending[dropped])
+            dropped += 1
+        del self._pending[:dropped]
+
+    def write(self, lines: list[str]) -> str:
+        """Blocking: one object of `lines`; returns its path under the URI."""
+        now = datetime.datetime.now(datetime.UTC)
+        directory = f"{self.model}/{self.alias}/{now:%Y-%m-%d}"
+        name = f"{now:%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl"
+        with tempfile.TemporaryDirectory(prefix="mlops-samples-") as tmp:
+            path = Path(tmp) / name
+            path.write_text("\n".join(lines) + "\n")
+            get_artifact_repository(self.settings.uri).log_artifact(str(path), directory)
+        return f"{directory}/{name}"
+
+
+def _values(data: Any) -> list[Any]:
+    values = data.root if hasattr(data, "root") else data  # TensorData in MLServer 1.7.1
+    return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+
 class RegistryAliasRuntime(MLflowRuntime):
     """Serves `models:/<registry_model>@<alias>` and follows the alias without a restart.
 
@@ -132,9 +240,14 @@ class RegistryAliasRuntime(MLflowRuntime):
     `mlops_model_load_failures_total` and is retried with backoff. Needs MLSERVER_PARALLEL_WORKERS=0:
     with inference workers each worker would poll on its own and the main process caches metadata.
     Credentials: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD (a READ-only user).
+    With MLOPS_INFERENCE_LOG_URI and MLOPS_INFERENCE_LOG_RATE set it also keeps a sample of the
+    requests it answered (`InferenceSampler`), written every MLOPS_INFERENCE_LOG_FLUSH_SECONDS and at
+    unload, with the store's own credentials (AWS_* / MLFLOW_S3_ENDPOINT_URL, or workload identity).
     """
 
     _poller: asyncio.Task | None = None
+    _flusher: asyncio.Task | None = None
+    _sampler: InferenceSampler | None = None
     _current: LoadedVersion | None = None
 
     async def load(self) -> bool:
@@ -149,11 +262,20 @@ class RegistryAliasRuntime(MLflowRuntime):
         version = await asyncio.to_thread(self._resolve)  # a failure here fails the start: nothing to keep
         self._apply(await asyncio.to_thread(_download_and_load, self._alias.model, version))
         self._poller = asyncio.get_running_loop().create_task(self._follow())
+        sampling = SampleSettings.from_env(os.environ)
+        if sampling is not None:
+            self._sampler = InferenceSampler(sampling, self._alias.model, self._alias.alias)
+            for counter in (metrics.samples, metrics.sample_failures):
+                counter.labels(self._alias.model, self._alias.alias)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every(sampling.flush_seconds))
         return True
 
     async def unload(self) -> bool:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._flusher):
+            if task is not None:
+                task.cancel()
+        if self._sampler is not None:
+            await self.flush_samples()
         if self._current is not None:
             shutil.rmtree(self._current.directory, ignore_errors=True)
         return True
@@ -184,6 +306,27 @@ class RegistryAliasRuntime(MLflowRuntime):
                 await self.refresh()
             except Exception:  # keep following: one bad round must not stop the poller for good
                 logger.exception(f"model {self.name!r}: following models:/{self._alias.model}@{self._alias.alias}")
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self.flush_samples()
+
+    async def flush_samples(self) -> None:
+        """Write the pending samples in a thread; a failure is logged and counted, never raised."""
+        a, metrics = self._alias, _metrics()
+        lines = self._sampler.take()
+        if not lines:
+            return
+        try:
+            await asyncio.to_thread(self._sampler.write, lines)
+        except Exception as err:  # store unreachable, credentials revoked: serving goes on
+            self._sampler.keep(lines)
+            metrics.sample_failures.labels(a.model, a.alias).inc()
+            logger.error(f"model {self.name!r}: writing {len(lines)} samples to {self._sampler.settings.uri} "
+                         f"failed, kept for the next try: {err!r}")
+            return
+        metrics.samples.labels(a.model, a.alias).inc(len(lines))
 
     async def refresh(self) -> None:
         """One look-up of the alias, and a load + swap if it moved to a version not failed recently."""
@@ -216,6 +359,10 @@ class RegistryAliasRuntime(MLflowRuntime):
         served = self._current
         response = await super().predict(payload)
         response.model_version = served.version
+        if self._sampler is not None:
+            rid = request_id(payload)
+            if self._sampler.wants(rid):
+                self._sampler.record(rid, payload, response, served.version)
         return response
 
     async def metadata(self) -> MetadataModelResponse:
