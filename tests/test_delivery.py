@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-import types
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "mlflow-artifacts"
 MODEL = "delivery-demo"
 HOUR, DAY = 3600, 86400
-train = types.SimpleNamespace(MODEL_NAME=MODEL)  # what hooks.record_smoke_failure finds beside a smoke step
 
 
 def smoke() -> None:
@@ -76,10 +74,10 @@ def registry():
         promotion.promote(client, MODEL, "4")
         patch.setenv("MODEL_VERSION", "4")
         patch.setenv("MODEL_ROLE", "champion")
-        assert hooks.run({"smoke": smoke}, ["smoke"]) == 1
+        assert hooks.run(MODEL, {"smoke": smoke}, ["smoke"]) == 1
         patch.setenv("MODEL_VERSION", "5")
         patch.setenv("MODEL_ROLE", "challenger")
-        assert hooks.run({"smoke": smoke}, ["smoke"]) == 1
+        assert hooks.run(MODEL, {"smoke": smoke}, ["smoke"]) == 1
         promotion.promote(client, MODEL, "5")
         recorded = {v.version: v.tags for v in client.search_model_versions(f"name = '{MODEL}'")}
         assert all(promotion.PROMOTED_TAG in recorded[v] for v in promoted)

@@ -155,8 +155,15 @@ def served_answers(url: str, body: Mapping[str, Any], parse: Callable[[dict[str,
         time.sleep(5)
 
 
-def run(commands: Mapping[str, Callable[[], None]], argv: list[str] | None = None) -> int:
-    """`python -m workloads.<name>.hooks <step>`: run one step; a HookError fails it with its reason."""
+def main(model: str, register: Callable[[], None], deploy: Callable[[], None], smoke: Callable[[], None],
+         promote: Callable[[], None], argv: list[str] | None = None) -> int:
+    """A model's hook steps (`python -m <workload>.hooks <step>`), `rollback` the same for every model."""
+    return run(model, {"register": register, "deploy": deploy, "smoke": smoke, "promote": promote,
+                       "rollback": lambda: rollback(MlflowClient(), model)}, argv)
+
+
+def run(model: str, commands: Mapping[str, Callable[[], None]], argv: list[str] | None = None) -> int:
+    """Run one step of `model`'s; a HookError fails it with its reason (a failed smoke is recorded)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in commands:
         print(f"usage: python -m <workload>.hooks {{{','.join(commands)}}}", file=sys.stderr)
@@ -166,20 +173,15 @@ def run(commands: Mapping[str, Callable[[], None]], argv: list[str] | None = Non
     except (HookError, LookupError) as error:
         print(f"::error::{args[0]}: {error}")
         if args[0] == "smoke":
-            record_smoke_failure(commands[args[0]])
+            record_smoke_failure(model)
         return 1
     return 0
 
 
-def record_smoke_failure(step: Callable[[], None]) -> None:
+def record_smoke_failure(model: str) -> None:
     """Tag the version under test `smoke_failed_at` (a change failure once it is champion: the
-    delivery metrics count it). Its model is the hooks module's `train.MODEL_NAME` (every workload's
-    and the starter's hooks import their `train`); its version $MODEL_VERSION, else $MODEL_ROLE's
-    alias. Best effort: the smoke step has failed either way."""
-    model = getattr(step.__globals__.get("train"), "MODEL_NAME", None)
-    if not isinstance(model, str):
-        print("note smoke failure not recorded: the hooks module has no train.MODEL_NAME")
-        return
+    delivery metrics count it): $MODEL_VERSION, else $MODEL_ROLE's alias. Best effort: the smoke
+    step has failed either way."""
     try:
         client = MlflowClient()
         version = env("MODEL_VERSION") or expected_version(client, model, role())
@@ -187,6 +189,31 @@ def record_smoke_failure(step: Callable[[], None]) -> None:
         print(f"note {model} v{version}: tagged {promotion.SMOKE_FAILED_TAG}")
     except (HookError, MlflowException, OSError) as error:
         print(f"note smoke failure not recorded in MLflow: {error}")
+
+
+def metric_promote(model: str, metric: str) -> Callable[[], None]:
+    """The promote step of a model judged by one held-out metric (higher is better): `champion`
+    moves only if the challenger's beats it by $PROMOTE_MARGIN (default 0: at least as good)."""
+    def promote() -> None:
+        client = MlflowClient()
+        promote_or_fail(client, promotion.gate(client, model, metric, higher_is_better=True,
+                                               margin=number("PROMOTE_MARGIN", 0.0)))
+    return promote
+
+
+def check_served(client: MlflowClient, model: str, role: str, version: str, serving_name: str,
+                 request: Callable[[str], Mapping[str, Any]], parse: Callable[[dict[str, Any]], list[int]],
+                 expected: list[int], minimum: float) -> None:
+    """Known requests (`request(url)`: the body for that endpoint's protocol) through the gateway's
+    endpoint of `serving_name`, once it serves the version `role` expects. The challenger's stage
+    checks the champion still answers every request (the challenger's own accuracy is checked
+    in-process: the shadow's answers are hidden); the champion's stage checks its accuracy."""
+    served = served_version(client, model, role, version)
+    if served is None:
+        return
+    url = model_url(serving_name)
+    answers = served_answers(url, request(url), parse, served)
+    check_accuracy(f"{url} (champion v{served})", answers, expected, minimum if role != CHALLENGER else 0.0)
 
 
 def promote_or_fail(client: MlflowClient, decision: promotion.Decision) -> None:

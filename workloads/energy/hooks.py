@@ -135,11 +135,5 @@ def promote() -> None:
     hooks.promote_or_fail(client, decision)
 
 
-def rollback() -> None:
-    hooks.rollback(MlflowClient(), train.MODEL_NAME)
-
-
-COMMANDS = {"register": register, "deploy": deploy, "smoke": smoke, "promote": promote, "rollback": rollback}
-
 if __name__ == "__main__":
-    raise SystemExit(hooks.run(COMMANDS))
+    raise SystemExit(hooks.main(train.MODEL_NAME, register, deploy, smoke, promote))

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from workloads.common import hooks, promotion
+from workloads.common import hooks
 from workloads.common.tracking import CHALLENGER
 from workloads.neo import data, payload, train
 
@@ -56,28 +56,10 @@ def smoke() -> None:
         model = mlflow.pyfunc.load_model(f"models:/{train.MODEL_NAME}/{version}")
         hooks.check_accuracy(f"{train.MODEL_NAME} v{version} (in-process)",
                              [int(v) for v in model.predict(frame)], expected, minimum)
-    served = hooks.served_version(client, train.MODEL_NAME, role, version)
-    if served is not None:
-        url = hooks.model_url(hooks.env("SERVING_NAME", "neo"))
-        answers = hooks.served_answers(url, payload.v2(frame), v2_labels, served)
-        # the challenger's stage checks the champion still answers every request; its own accuracy
-        # was checked in-process above
-        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected,
-                             minimum if role != CHALLENGER else 0.0)
+    hooks.check_served(client, train.MODEL_NAME, role, version, hooks.env("SERVING_NAME", "neo"),
+                       lambda _: payload.v2(frame), v2_labels, expected, minimum)
 
-
-def promote() -> None:
-    client = MlflowClient()
-    decision = promotion.gate(client, train.MODEL_NAME, METRIC, higher_is_better=True,
-                              margin=hooks.number("PROMOTE_MARGIN", 0.0))
-    hooks.promote_or_fail(client, decision)
-
-
-def rollback() -> None:
-    hooks.rollback(MlflowClient(), train.MODEL_NAME)
-
-
-COMMANDS = {"register": register, "deploy": deploy, "smoke": smoke, "promote": promote, "rollback": rollback}
 
 if __name__ == "__main__":
-    raise SystemExit(hooks.run(COMMANDS))
+    raise SystemExit(hooks.main(train.MODEL_NAME, register, deploy, smoke,
+                                hooks.metric_promote(train.MODEL_NAME, METRIC)))

@@ -4,7 +4,8 @@ environment of mlops-stack's model pipeline (README "Models: the pipeline and it
 - register: train.py: a new version as `challenger` (writes model-version to $GITHUB_OUTPUT);
 - deploy: point `challenger` at it: the stack's candidate predictor follows the alias (shadow);
 - smoke: held-out rows with known labels, in-process on the challenger's registered artifact and
-  through the gateway on the champion (`modelUrls[$SERVING_NAME]`, V2), at least $SMOKE_MIN_ACCURACY;
+  through the gateway on the champion (`modelUrls[$SERVING_NAME]`, V2): every request answered,
+  and at least $SMOKE_MIN_ACCURACY on the champion's own stage;
 - promote: `champion` moves only if the challenger's held-out metric beats the champion's by
   $PROMOTE_MARGIN (default 0), else the job fails and the champion keeps serving;
 - rollback: `champion` back to the previous champion.
@@ -18,7 +19,7 @@ from mlflow import MlflowClient
 
 import model
 import train
-from mlops_helpers import hooks, promotion
+from mlops_helpers import hooks
 from mlops_helpers.tracking import CHALLENGER
 
 
@@ -57,25 +58,10 @@ def smoke() -> None:
         loaded = mlflow.pyfunc.load_model(f"models:/{train.MODEL_NAME}/{version}")
         hooks.check_accuracy(f"{train.MODEL_NAME} v{version} (in-process)",
                              [int(v) for v in loaded.predict(frame)], expected, minimum)
-    served = hooks.served_version(client, train.MODEL_NAME, role, version)
-    if served is not None:
-        url = hooks.model_url(hooks.env("SERVING_NAME", train.MODEL_NAME))
-        answers = hooks.served_answers(url, v2(frame), v2_labels, served)
-        hooks.check_accuracy(f"{url} (champion v{served})", answers, expected, minimum)
+    hooks.check_served(client, train.MODEL_NAME, role, version, hooks.env("SERVING_NAME", train.MODEL_NAME),
+                       lambda _: v2(frame), v2_labels, expected, minimum)
 
-
-def promote() -> None:
-    client = MlflowClient()
-    decision = promotion.gate(client, train.MODEL_NAME, model.METRIC, higher_is_better=True,
-                              margin=hooks.number("PROMOTE_MARGIN", 0.0))
-    hooks.promote_or_fail(client, decision)
-
-
-def rollback() -> None:
-    hooks.rollback(MlflowClient(), train.MODEL_NAME)
-
-
-COMMANDS = {"register": register, "deploy": deploy, "smoke": smoke, "promote": promote, "rollback": rollback}
 
 if __name__ == "__main__":
-    raise SystemExit(hooks.run(COMMANDS))
+    raise SystemExit(hooks.main(train.MODEL_NAME, register, deploy, smoke,
+                                hooks.metric_promote(train.MODEL_NAME, model.METRIC)))
