@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
-from modules import kube
 from modules.mlflow.users import MlflowPermission, MlflowUser
+from modules.monitoring.jobs import metric_cron_job, mlflow_env
 
 UID = 10001  # the evaluation image's non-root user
 COMPONENT = "monitoring"
@@ -61,43 +60,12 @@ class Delivery(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DeliveryArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:monitoring:Delivery", name, None, opts)
-        env = [{"name": "MLFLOW_TRACKING_URI", "value": args.tracking_uri},
-               kube.secret_env("MLFLOW_TRACKING_USERNAME", args.tracking_secret, "username"),
-               kube.secret_env("MLFLOW_TRACKING_PASSWORD", args.tracking_secret, "password"),
+        env = [*mlflow_env(args.tracking_uri, args.tracking_secret),
                {"name": "PUSHGATEWAY_URL", "value": args.pushgateway_url},
-               {"name": "PROMETHEUS_URL", "value": args.prometheus_url},
-               {"name": "HOME", "value": "/tmp"}]
-        container = {
-            "name": "delivery", "image": args.image, "command": command(args), "env": env,
-            "resources": dict(args.resources), "security_context": kube.CONTAINER_SECURITY,
-            "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}],
-        }
-        pod = {
-            "restart_policy": "Never",
-            "automount_service_account_token": False,
-            "security_context": kube.pod_security(UID),
-            "containers": [container],
-            "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "64Mi"}}],
-        }
-        cron = k8s.batch.v1.CronJob(
-            name,
-            metadata=kube.metadata(NAME, args.namespace, COMPONENT),
-            spec={
-                "schedule": args.schedule,
-                "time_zone": args.time_zone,
-                "concurrency_policy": "Forbid",
-                "starting_deadline_seconds": 3600,
-                "successful_jobs_history_limit": 1,
-                "failed_jobs_history_limit": 3,
-                "job_template": {"spec": {
-                    "backoff_limit": 1,
-                    "active_deadline_seconds": args.deadline_seconds,
-                    "template": {"metadata": {"labels": kube.labels(NAME, COMPONENT)}, "spec": pod},
-                }},
-            },
-            opts=kube.child(self),
-        )
-        # nothing calls the job's pods
-        kube.ingress_policy(name, args.namespace, COMPONENT, NAME, [], kube.child(self))
+               {"name": "PROMETHEUS_URL", "value": args.prometheus_url}]
+        container = {"name": "delivery", "image": args.image, "command": command(args), "env": env,
+                     "resources": dict(args.resources)}
+        cron = metric_cron_job(self, name, NAME, args.namespace, COMPONENT, args.schedule, args.time_zone, UID,
+                               container, "64Mi", args.deadline_seconds)
         self.cron_job_name = cron.metadata.name
         self.register_outputs({"cron_job_name": self.cron_job_name})

@@ -54,6 +54,35 @@ class RegistryAccess:
 
 
 @dataclass(frozen=True)
+class InferenceLog:
+    """Where alias models keep a sample of their requests for the drift job
+    (docs/decisions/0017-drift-monitoring.md): `uri` is a prefix in the object store
+    (`s3://<bucket>/inference-log`), `rate` the share kept (0-1]. `credentials_secret` (keys
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, in the serving namespace) and `endpoint_url` are for
+    an in-cluster store; None: the service account's workload identity writes."""
+
+    uri: pulumi.Input[str]
+    rate: float
+    flush_seconds: int = 60
+    credentials_secret: pulumi.Input[str] | None = None
+    endpoint_url: pulumi.Input[str] | None = None
+
+    def env(self) -> list[dict[str, Any]]:
+        """The sampler's environment (modules/serving/mlserver-image/mlops_mlserver.py SampleSettings)."""
+        env: list[dict[str, Any]] = [
+            {"name": "MLOPS_INFERENCE_LOG_URI", "value": self.uri},
+            {"name": "MLOPS_INFERENCE_LOG_RATE", "value": repr(self.rate)},
+            {"name": "MLOPS_INFERENCE_LOG_FLUSH_SECONDS", "value": str(self.flush_seconds)},
+        ]
+        if self.endpoint_url is not None:
+            env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": self.endpoint_url})
+        if self.credentials_secret is not None:
+            env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": self.credentials_secret, "key": key}}}
+                    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        return env
+
+
+@dataclass(frozen=True)
 class CustomImage:
     """A model server image (e.g. a Seldon Python wrapper class) built by the model pipeline."""
 
@@ -92,12 +121,24 @@ class ModelDeploymentArgs:
     # the engine's object (and URL) name when it differs from the Pulumi name: the same model name in
     # many tenant namespaces (modules/tenants) needs distinct Pulumi names
     object_name: str | None = None
+    # a sample of the requests for the drift job (main source, and a shadow candidate); None: off
+    inference_log: InferenceLog | None = None
 
     def __post_init__(self) -> None:
         aliased = [s for s in (self.source, self.candidate) if isinstance(s, RegistryAlias)]
         if aliased and self.registry is None:
             raise ValueError(f"models:/{aliased[0].model}@{aliased[0].alias} is served by alias: "
                              "ModelDeploymentArgs.registry (tracking URL + read-only credentials) is required")
+        if self.inference_log is not None and not isinstance(self.source, RegistryAlias):
+            raise ValueError("inference_log: only a RegistryAlias source samples (the project's MLServer runtime)")
+
+    def inference_log_of(self, source: ModelSource) -> InferenceLog | None:
+        """The sample settings of one of the two sources: a shadow sees the same requests as the main
+        version (pairs for the agreement); a canary's share of other requests is not kept (no drift
+        job reads, or prunes, it)."""
+        if source is self.candidate and self.candidate_mode != "shadow":
+            return None
+        return self.inference_log if isinstance(source, RegistryAlias) else None
 
 
 class DeployedModel(pulumi.ComponentResource):

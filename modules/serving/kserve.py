@@ -193,7 +193,7 @@ def model_env(model_name: str, source: ModelSource, args: ModelDeploymentArgs, m
     env: list[dict[str, Any]] = [{"name": "MLSERVER_MODEL_NAME", "value": model_name}]
     if isinstance(source, RegistryAlias):
         assert args.registry is not None  # ModelDeploymentArgs checks it
-        return env + alias_env(source, args.registry)
+        return env + alias_env(source, args.registry, args.inference_log_of(source))
     return env + [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime},
                   {"name": "MLSERVER_MODEL_URI", "value": MODEL_MOUNT}]
 

@@ -20,6 +20,7 @@ from modules.serving.contract import (
     Autoscaling,
     CustomImage,
     DeployedModel,
+    InferenceLog,
     ModelDeploymentArgs,
     ModelSource,
     RegistryAccess,
@@ -125,11 +126,13 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
                            pulumi.ResourceOptions.merge(kube.after([self.release]), opts))
 
 
-def alias_env(source: RegistryAlias, registry: RegistryAccess) -> list[dict[str, Any]]:
+def alias_env(source: RegistryAlias, registry: RegistryAccess,
+              inference_log: InferenceLog | None = None) -> list[dict[str, Any]]:
     """The MLServer container's environment for an alias model: the runtime in MLServer's main
     process (no inference workers: one process polls, swaps and reports), which alias to follow,
-    and the tracking server with a read-only user. The operator adds the ports, the model name and
-    MLSERVER_METRICS_PORT/ENDPOINT (the `metrics` port at /prometheus the PodMonitor scrapes)."""
+    the tracking server with a read-only user, and where its request sample goes (if any). The
+    operator adds the ports, the model name and MLSERVER_METRICS_PORT/ENDPOINT (the `metrics` port
+    at /prometheus the PodMonitor scrapes). KServe uses the same env (kserve.py `model_env`)."""
     secret = {"name": registry.credentials_secret}
     extra = {"registry_model": source.model, "alias": source.alias, "poll_seconds": source.poll_seconds}
     return [
@@ -139,6 +142,7 @@ def alias_env(source: RegistryAlias, registry: RegistryAccess) -> list[dict[str,
         {"name": "MLFLOW_TRACKING_URI", "value": registry.tracking_uri},
         {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": {"secretKeyRef": {**secret, "key": "username"}}},
         {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {**secret, "key": "password"}}},
+        *(inference_log.env() if inference_log is not None else []),
     ]
 
 
@@ -158,7 +162,8 @@ def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow
     container: dict[str, Any] = {"name": NODE, "resources": dict(args.resources)}
     if isinstance(source, RegistryAlias):
         assert args.registry is not None  # ModelDeploymentArgs checks it
-        container |= {"image": mlserver_image, "env": alias_env(source, args.registry), **_alias_probes()}
+        container |= {"image": mlserver_image, "env": alias_env(source, args.registry, args.inference_log_of(source)),
+                      **_alias_probes()}
     elif isinstance(source, RegistryModel):
         graph |= {"implementation": IMPLEMENTATIONS[source.runtime], "modelUri": source.uri}
         if args.storage_secret is not None:
