@@ -27,6 +27,11 @@ RUNNER_IMAGE = {"repository": "ghcr.io/actions/actions-runner", "tag": "2.334.0"
 MLFLOW_IMAGE = {"repository": "mlops-stack/mlflow-server", "tag": "3.17.2-1"}
 # Built from modules/serving/mlserver-image (seldonio/mlserver:1.7.1-mlflow + the workloads' MLflow pins).
 MLSERVER_IMAGE = {"repository": "mlops-stack/mlserver", "tag": "1.7.1-1"}
+# Built from modules/retraining/image (the retraining receiver and its new-data checks).
+RETRAINING_IMAGE = {"repository": "mlops-stack/retraining", "tag": "0.1.0"}
+# Retraining triggers of a workload (infra/config/retraining.py): all off, so a stack retrains only
+# when asked to (a dev stack stays small: no receiver, no CronJobs).
+RETRAIN_OFF = {"schedule": None, "newData": None, "qualityDrop": False, "drift": False, "cooldownMinutes": 360}
 
 BASE: dict[str, Any] = {
     "kubernetes": {"version": "1.34", "loadBalancers": False},
@@ -108,10 +113,14 @@ BASE: dict[str, Any] = {
             "image": {"repository": "mlops-stack/energy", "tag": "0.1.0"},
             "schedule": "0 11 * * *",
             "monitorSchedule": "0 10 * * *",
+            "ingestSchedule": "30 0 * * *",  # demo: yesterday's synthetic readings, before the monitor
             "demoData": True,
+            "retrain": RETRAIN_OFF,
         },
-        "neo": {"image": {"repository": "mlops-stack/neo", "tag": "0.1.0"}},
-        "mnist": {"image": {"repository": "mlops-stack/mnist", "tag": "0.1.0"}, "epochs": 10},
+        "neo": {"image": {"repository": "mlops-stack/neo", "tag": "0.1.0"}, "retrain": RETRAIN_OFF},
+        "mnist": {"image": {"repository": "mlops-stack/mnist", "tag": "0.1.0"}, "epochs": 10, "retrain": RETRAIN_OFF},
+        "retraining": {"image": RETRAINING_IMAGE,
+                       "resources": {"cpu": "10m", "memory": "96Mi", "memoryLimit": "256Mi"}},
     },
     # the project's images (infra/images.py): `make up` loads them into minikube (local), `pulumi up`
     # builds and pushes them (build, existing clusters), or the stack names pushed ones (prebuilt)

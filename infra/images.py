@@ -35,6 +35,7 @@ PROJECT_BUILDS: dict[str, tuple[Path, Path | None, str | None]] = {
     "neo": (ROOT, ROOT / "workloads/neo/Dockerfile", None),
     "mnist": (ROOT, ROOT / "workloads/mnist/Dockerfile", "train"),
     "evaluation": (ROOT, ROOT / "modules/evaluation/Dockerfile", None),
+    "retraining": (ROOT / "modules/retraining/image", None, None),
 }
 # The config keys whose images are built from this repository, and which image each one is.
 PROJECT_SLOTS = {
@@ -44,6 +45,9 @@ PROJECT_SLOTS = {
     "workloads.neo.image": "neo",
     "workloads.mnist.image": "mnist",
     "evaluation.image": "evaluation",
+    "workloads.retraining.image": "retraining",
+    "monitoring.delivery.image": "evaluation",  # the delivery CronJob runs mlops/delivery.py from it
+    "serving.drift.image": "evaluation",  # the drift CronJobs run mlops/drift.py from it
 }
 # Platforms that create a registry `mode: build` pushes to when images.registry is unset.
 PLATFORM_REGISTRY = ("gke", "eks")
@@ -56,7 +60,7 @@ GCE_ARM_SERIES = ("t2a", "c4a", "n4a")
 # ≈0.9, python:3.11-slim ≈0.05 — plus the layers each Dockerfile adds: drivers; the workloads'
 # pinned scientific stack ≈0.25; mnist's CPU torch ≈0.45).
 IMAGE_GIB = {"mlflow-server": 0.4, "mlserver": 1.0, "energy": 0.3, "neo": 0.3, "mnist": 0.5,
-             "evaluation": 0.3}
+             "evaluation": 0.3, "retraining": 0.15}
 # content-tagged builds kept per image (immutable tags, no expiry); shared layers make it an upper bound
 VERSIONS_KEPT = 3
 

@@ -15,7 +15,7 @@ from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackC
 from infra.config.tenants import experiment, registered_model
 from infra.images import StackImages, declare_images
 from infra.platforms import host_access, make_platform
-from infra.workloads import declare_mnist_demo, declare_workloads
+from infra.workloads import declare_mnist_demo, declare_workloads, retraining_alerting
 from modules import kube
 from modules.ci.github import GithubOidc
 from modules.ci.rbac import ModelDeployerAccess
@@ -32,6 +32,7 @@ from modules.serving.contract import (
     CustomImage,
     ModelDeploymentArgs,
     ModelSource,
+    InferenceLog,
     RegistryAccess,
     RegistryAlias,
     RegistryModel,
@@ -40,6 +41,8 @@ from modules.serving.contract import (
 from modules.serving.kserve import KServe, KServeArgs
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
 from modules.evaluation import Evaluation, EvaluationArgs, evaluation_mlflow_user, in_cluster_url
+from modules.monitoring.delivery import Delivery, DeliveryArgs, delivery_mlflow_user
+from modules.monitoring.drift import Drift, DriftArgs, drift_mlflow_user
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.tenants import READER_SECRET as TENANT_READER_SECRET
 from modules.tenants import TenantSpec, Tenants, TenantsArgs, quota_hard, tenant_mlflow_users
@@ -56,6 +59,10 @@ CI_MLFLOW_RESOURCES = {"energy": ("energy-forecast", "energy-forecast"), "neo": 
                        "mnist": ("mnist", "mnist")}
 # the users reconcile Job (python + requests, a few REST calls): measured peak RSS in tests/test_mlflow_users.py
 MLFLOW_USERS_RESOURCES = Resources(cpu="50m", memory="64Mi", memory_limit="128Mi")
+# the request sample of models with monitoring.sampleRate > 0 (docs/decisions/0017-drift-monitoring.md):
+# a prefix of the artifacts bucket, written by the model servers, read and pruned by the drift jobs
+INFERENCE_LOG_PREFIX = "inference-log"
+INFERENCE_LOG_WRITER, DRIFT_CLIENT = "inference-log-writer", "drift"
 
 
 def declare(config: StackConfig) -> None:
@@ -88,8 +95,10 @@ def declare(config: StackConfig) -> None:
         client="model-server", namespace=namespaces.names["serving"], service_account=MODEL_SERVER_ACCOUNT,
         buckets=["artifacts"], write=False,
     )
+    sampled = _sampled_models(config)
     database, object_store = platform.data_services(
-        cluster, namespaces.names["platform"], [mlflow_access, serving_access]
+        cluster, namespaces.names["platform"],
+        [mlflow_access, serving_access, *_inference_log_clients(config, namespaces, sampled)],
     )
 
     admin_password = _secret_or_generated("mlflow-admin-password", config.mlflow.admin_password, config.protected)
@@ -114,7 +123,12 @@ def declare(config: StackConfig) -> None:
     )
     evaluator = ([evaluation_mlflow_user(namespaces.names["platform"], config.evaluation.dataset)]
                  if config.evaluation.enabled else [])
-    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts, _tenant_users(config, tenants) + evaluator)
+    delivery_models = _delivery_models(config)
+    measurer = [delivery_mlflow_user(namespaces.names["platform"], delivery_models)] if delivery_models else []
+    drifter = [drift_mlflow_user(namespaces.names["platform"], {m: e for m, _, _, e in sampled.values()})
+               ] if sampled else []
+    users = _mlflow_users(config, namespaces, mlflow, images, k8s_opts,
+                          _tenant_users(config, tenants) + evaluator + measurer + drifter)
 
     gateway = _gateway(config, platform, k8s_opts)
     domain = config.gateway.domain
@@ -131,14 +145,23 @@ def declare(config: StackConfig) -> None:
         pushgateway = declare_workloads(
             config, namespaces.names["workloads"], namespaces.names["monitoring"], mlflow.url, admin_password,
             database, images, k8s_opts, after=[mlflow, monitoring],
-            pushers=[namespaces.names["platform"]] if config.evaluation.enabled else [])
+            pushers=[namespaces.names["platform"]] if config.evaluation.enabled or delivery_models or sampled else [])
+    if pushgateway is None and (config.evaluation.enabled or delivery_models or sampled):
+        pushgateway = _platform_pushgateway(config, namespaces, pulumi.ResourceOptions.merge(
+            k8s_opts, kube.after([users.ready, monitoring])))
 
     engine = _serving_engine(config, gateway, namespaces, images, object_store, monitoring, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
                          RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
-                         users.ready, k8s_opts)
+                         users.ready, k8s_opts, _inference_log(config, object_store, namespaces, k8s_opts))
     tenant_urls = _tenant_models(config, engine, platform, tenants, mlflow.url, users.ready, k8s_opts)
     _evaluation(config, namespaces, tenants, images, mlflow.url, pushgateway, [users.ready, monitoring], k8s_opts)
+    if pushgateway is not None and delivery_models:
+        _delivery(config, namespaces, images, mlflow.url, pushgateway, delivery_models, [users.ready, monitoring],
+                  k8s_opts)
+    if pushgateway is not None and sampled:
+        _drift(config, namespaces, images, object_store, mlflow.url, pushgateway, sampled, [users.ready, monitoring],
+               k8s_opts)
     declare_mnist_demo(config, gateway, namespaces.names["serving"], k8s_opts)
 
     pipeline = {"mlflowUrl": gateway.url(f"mlflow.{domain}"), "modelUrls": model_urls,
@@ -258,17 +281,12 @@ def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, i
                 tracking_url: pulumi.Input[str], pushgateway: Pushgateway | None, after: list[pulumi.Resource],
                 opts: pulumi.ResourceOptions) -> None:
     """The professor's scheduled evaluation (modules/evaluation) of the configured tenants' models,
-    pushing to the energy workload's Pushgateway, or to its own where there is none."""
+    pushing to the energy workload's Pushgateway, or to the platform's where there is none."""
     e = config.evaluation
-    if not e.enabled:
+    if not e.enabled or pushgateway is None:
         return
-    platform_ns, monitoring_ns = namespaces.names["platform"], namespaces.names["monitoring"]
+    platform_ns = namespaces.names["platform"]
     after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
-    if pushgateway is None:
-        w = config.workloads
-        pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
-            namespace=monitoring_ns, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
-            pusher_namespaces=[platform_ns], monitoring_namespace=monitoring_ns), opts=after_opts)
     endpoints = {name: {model: in_cluster_url(tenants.namespaces[name], model,
                                               spec.source.protocol if spec.source.image else "v2")
                         for model, spec in config.tenants[name].models.items()}
@@ -279,6 +297,124 @@ def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, i
         resources=e.resources.to_k8s(), pushgateway_url=pushgateway.url, data_url=e.data_url, rows=e.rows,
         batch_size=e.batch_size, timeout_seconds=e.timeout_seconds,
     ), opts=after_opts)
+
+
+def _platform_pushgateway(config: StackConfig, namespaces: Namespaces, opts: pulumi.ResourceOptions) -> Pushgateway:
+    """The Pushgateway the platform namespace's jobs (evaluation, delivery) push to without energy's."""
+    w, monitoring_ns = config.workloads, namespaces.names["monitoring"]
+    return Pushgateway("pushgateway", PushgatewayArgs(
+        namespace=monitoring_ns, image=w.pushgateway_image.ref, resources=w.pushgateway_resources.to_k8s(),
+        pusher_namespaces=[namespaces.names["platform"]], monitoring_namespace=monitoring_ns), opts=opts)
+
+
+def _delivery_models(config: StackConfig) -> list[str]:
+    """What monitoring.delivery measures: its `models`, else the models served by alias and the
+    enabled workloads' (the ones the pipeline promotes); [] when it is off."""
+    d = config.monitoring.delivery
+    if not d.enabled:
+        return []
+    served = {s.model for m in config.serving.models.values() for s in m.aliases if s.model is not None}
+    workloads = {model for name, (_, model) in CI_MLFLOW_RESOURCES.items() if getattr(config.workloads, name).enabled}
+    models = list(d.models) or sorted(served | workloads)
+    if not models:
+        raise ValueError("monitoring.delivery.enabled: true, but nothing to measure: set monitoring.delivery.models, "
+                         "serve a model by alias (serving.models.<name>.source.alias) or enable a workload")
+    return models
+
+
+def _delivery(config: StackConfig, namespaces: Namespaces, images: StackImages, tracking_url: pulumi.Input[str],
+              pushgateway: Pushgateway, models: list[str], after: list[pulumi.Resource],
+              opts: pulumi.ResourceOptions) -> None:
+    """The delivery (DORA) metrics CronJob (modules/monitoring/delivery.py) in the platform namespace."""
+    d = config.monitoring.delivery
+    prometheus = pulumi.Output.concat("http://", Monitoring.prometheus_service, ".", namespaces.names["monitoring"],
+                                      ".svc.cluster.local:9090")
+    Delivery("delivery", DeliveryArgs(
+        namespace=namespaces.names["platform"], image=images.ref("monitoring.delivery.image", d.image),
+        schedule=d.schedule, time_zone=config.workloads.time_zone, models=models, window_days=d.window_days,
+        tracking_uri=tracking_url, pushgateway_url=pushgateway.url, prometheus_url=prometheus,
+        resources=d.resources.to_k8s(),
+    ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
+
+
+def _sampled_models(config: StackConfig) -> dict[str, tuple[str, str, str | None, str]]:
+    """The served models with monitoring.sampleRate > 0: name -> (registered model, alias, the
+    shadow candidate's alias or None, the training experiment whose runs hold the reference)."""
+    experiments = {model: experiment for experiment, model in CI_MLFLOW_RESOURCES.values()}
+    sampled = {}
+    for name, m in config.serving.models.items():
+        if m.monitoring.sample_rate <= 0:
+            continue
+        model, alias = m.source.model, m.source.alias
+        assert model is not None and alias is not None  # ServedModelConfig: only alias sources sample
+        experiment = m.monitoring.experiment or experiments.get(model)
+        if experiment is None:
+            raise ValueError(f"serving.models.{name}.monitoring: registered model {model!r} is no demo workload's, "
+                             "so its training experiment is unknown: set monitoring.experiment (the drift job "
+                             "reads the reference from the run behind the alias)")
+        shadow = m.candidate.alias if m.candidate is not None and m.candidate_mode == "shadow" else None
+        sampled[name] = (model, alias, shadow, experiment)
+    return sampled
+
+
+def _inference_log_clients(config: StackConfig, namespaces: Namespaces,
+                           sampled: Mapping[str, Any]) -> list[BucketAccess]:
+    """Object-store identities of the request sample: the model servers write it, the drift jobs read
+    and prune it. Both write the whole artifacts bucket: the platforms grant per bucket, not per
+    prefix (docs/decisions/0017-drift-monitoring.md). On gke/eks the model servers' service account
+    has one workload identity (read-only): sampling there is not wired yet."""
+    if not sampled:
+        return []
+    if config.platform in ("gke", "eks"):
+        raise ValueError(f"serving.models {sorted(sampled)}: monitoring.sampleRate > 0 is wired for the "
+                         f"in-cluster object store only (minikube, existing); on {config.platform} leave it at 0 "
+                         "(docs/decisions/0017-drift-monitoring.md)")
+    return [BucketAccess(client=INFERENCE_LOG_WRITER, namespace=namespaces.names["serving"],
+                         service_account=MODEL_SERVER_ACCOUNT, buckets=["artifacts"]),
+            BucketAccess(client=DRIFT_CLIENT, namespace=namespaces.names["platform"], service_account=DRIFT_CLIENT,
+                         buckets=["artifacts"])]
+
+
+def _inference_log_uri(store: ObjectStore) -> pulumi.Output[str]:
+    return pulumi.Output.concat(store.url("artifacts"), f"/{INFERENCE_LOG_PREFIX}")
+
+
+def _inference_log(config: StackConfig, store: ObjectStore, namespaces: Namespaces,
+                   opts: pulumi.ResourceOptions) -> dict[str, InferenceLog]:
+    """Per sampled model: where its pods write the sample, with the writer's keys in the serving namespace."""
+    sampled = {name: m.monitoring for name, m in config.serving.models.items() if m.monitoring.sample_rate > 0}
+    if not sampled:
+        return {}
+    creds = store.credentials[INFERENCE_LOG_WRITER]  # _inference_log_clients: in-cluster stores only
+    secret = k8s.core.v1.Secret(
+        "inference-log-writer",
+        metadata=kube.metadata("inference-log-writer", namespaces.names["serving"], "serving"),
+        type="Opaque",
+        string_data={"AWS_ACCESS_KEY_ID": pulumi.Output.secret(creds.access_key_id),
+                     "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(creds.secret_access_key)},
+        opts=opts,
+    )
+    return {name: InferenceLog(uri=_inference_log_uri(store), rate=m.sample_rate, flush_seconds=m.flush_seconds,
+                               credentials_secret=secret.metadata.name, endpoint_url=store.endpoint_url)
+            for name, m in sampled.items()}
+
+
+def _drift(config: StackConfig, namespaces: Namespaces, images: StackImages, store: ObjectStore,
+           tracking_url: pulumi.Input[str], pushgateway: Pushgateway,
+           sampled: Mapping[str, tuple[str, str, str | None, str]], after: list[pulumi.Resource],
+           opts: pulumi.ResourceOptions) -> None:
+    """One drift CronJob (modules/monitoring/drift.py) per sampled model, in the platform namespace."""
+    d = config.serving.drift
+    for name, (model, alias, shadow, _) in sampled.items():
+        m = config.serving.models[name].monitoring
+        Drift(f"drift-{name}", DriftArgs(
+            namespace=namespaces.names["platform"], image=images.ref("serving.drift.image", d.image),
+            schedule=m.drift_schedule, time_zone=config.workloads.time_zone, model=model, alias=alias, shadow=shadow,
+            log_uri=_inference_log_uri(store), window_hours=m.window_hours, retention_days=m.retention_days,
+            min_samples=m.min_samples, tracking_uri=tracking_url, pushgateway_url=pushgateway.url,
+            resources=d.resources.to_k8s(), s3_credentials=store.credentials.get(DRIFT_CLIENT),
+            s3_endpoint=store.endpoint_url,
+        ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
 
 
 def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,
@@ -390,7 +526,7 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
             runbook_base_url=m.runbook_base_url,
             node_level=host_access(config),
             placement=platform.placement("system").pod_spec(),
-            alerting=m.alerting.args(),
+            alerting=retraining_alerting(config, m.alerting.args()),
         ),
         opts=opts,
     )
@@ -462,7 +598,7 @@ def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:
 
 def _models(config: StackConfig, engine: ServingEngine, platform, object_store: ObjectStore,
             namespaces: Namespaces, access: BucketAccess, registry: RegistryAccess, reader: pulumi.Resource,
-            opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output[str]]:
+            opts: pulumi.ResourceOptions, inference_logs: Mapping[str, InferenceLog]) -> dict[str, pulumi.Output[str]]:
     """The service account model servers share, bucket credentials only if a model is pinned to an
     artifact URI (alias models read through MLflow, as the user the `reader` Job creates), then
     one deployment per model."""
@@ -480,7 +616,8 @@ def _models(config: StackConfig, engine: ServingEngine, platform, object_store: 
     urls = {}
     for name, model in models.items():
         args = replace(_deployment_args(model, serving_ns, storage_secret, registry, poll),
-                       placement=platform.placement("workload").pod_spec())  # model servers: workload pool
+                       placement=platform.placement("workload").pod_spec(),  # model servers: workload pool
+                       inference_log=inference_logs.get(name))
         after = pulumi.ResourceOptions.merge(opts, kube.after([reader])) if model.aliases else opts
         urls[name] = engine.deploy(name, args, opts=after).url
     return urls

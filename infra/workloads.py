@@ -10,6 +10,7 @@ per-workload account would be created through its REST API after `pulumi up`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -17,12 +18,16 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import Image, StackConfig
+from infra.config.retraining import REGISTERED_MODELS
 from infra.images import StackImages
 from infra.platforms import WORKLOADS_DATABASE
 from modules import kube
 from modules.gateway import IstioGateway
+from modules.monitoring.alerting import AlertingArgs
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.platform.contract import Database
+from modules.retraining import (ALERT_RECEIVER, ALERT_TRIGGERS, JobTemplates, RetrainedModel, RetrainingArgs,
+                                RetrainingTrigger, alert_routes, service_url)
 from workloads.common.deploy import DATABASE_KEY, TRACKING_KEYS, WorkloadContext
 from workloads.energy.deploy import EnergyArgs, EnergyWorkload
 from workloads.mnist.deploy import MnistArgs, MnistWorkload
@@ -56,6 +61,7 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
     if not w.any_enabled:
         return pushgateway
     after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
+    templates = JobTemplates()
     tracking = _secret("mlflow-client", namespace, dict(zip(TRACKING_KEYS, (config.mlflow.admin_username,
                                                                               admin_password))), opts)
 
@@ -72,17 +78,58 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
             monitoring_namespace=monitoring_namespace,
         ), opts=after_opts)
         e = w.energy
+        for warning in e.warnings():
+            pulumi.log.warn(warning)
         database_secret = _secret("workloads-database", namespace, {DATABASE_KEY: _database_url(database)}, opts)
         EnergyWorkload("energy", EnergyArgs(
             context=context("energy", e.image, database_secret=database_secret, pushgateway_url=pushgateway.url),
-            schedule=e.schedule, monitor_schedule=e.monitor_schedule, demo_data=e.demo_data,
+            schedule=e.schedule, monitor_schedule=e.monitor_schedule, ingest_schedule=e.ingest_schedule,
+            demo_data=e.demo_data,
             latitude=e.latitude, longitude=e.longitude,
-        ), opts=after_opts)
+        ), opts=pulumi.ResourceOptions.merge(after_opts, templates.options("energy")))
     if w.neo.enabled:
-        NeoWorkload("neo", NeoArgs(context=context("neo", w.neo.image), data_url=w.neo.data_url), opts=after_opts)
+        NeoWorkload("neo", NeoArgs(context=context("neo", w.neo.image), data_url=w.neo.data_url),
+                    opts=pulumi.ResourceOptions.merge(after_opts, templates.options("neo")))
     if w.mnist.enabled:
-        MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs), opts=after_opts)
+        MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs),
+                      opts=pulumi.ResourceOptions.merge(after_opts, templates.options("mnist")))
+    if w.retraining.enabled:
+        _retraining(config, namespace, monitoring_namespace, images, templates, after_opts)
     return pushgateway
+
+
+def retrained_models(config: StackConfig, templates: JobTemplates | None = None) -> list[RetrainedModel]:
+    """What the retraining receiver retrains: each enabled workload with a trigger, and its training Job."""
+    models = []
+    for name, r in config.workloads.retrained.items():
+        new = r.new_data
+        models.append(RetrainedModel(
+            model=REGISTERED_MODELS[name], workload=name, job=templates.jobs[name] if templates else {},
+            triggers=r.triggers, cooldown_minutes=r.cooldown_minutes, schedule=r.schedule,
+            new_data_schedule=new.schedule if new else None,
+            new_data_command=["--min-rows", str(new.min_rows)] if new and new.min_rows else []))
+    return models
+
+
+def _retraining(config: StackConfig, namespace: pulumi.Input[str], monitoring_namespace: pulumi.Input[str],
+                images: StackImages, templates: JobTemplates, opts: pulumi.ResourceOptions) -> None:
+    r = config.workloads.retraining
+    RetrainingTrigger("retraining", RetrainingArgs(
+        namespace=namespace, monitoring_namespace=monitoring_namespace,
+        image=images.ref("workloads.retraining.image", r.image), resources=r.resources.to_k8s(),
+        time_zone=config.workloads.time_zone, models=retrained_models(config, templates)), opts=opts)
+
+
+def retraining_alerting(config: StackConfig, alerting: AlertingArgs) -> AlertingArgs:
+    """`alerting` plus the receiver's webhook and its routes, first, when a workload retrains on an alert."""
+    models = retrained_models(config)
+    if not any(set(m.triggers) & set(ALERT_TRIGGERS) for m in models):
+        return alerting
+    if any(rc.name == ALERT_RECEIVER for rc in alerting.receivers):
+        raise ValueError(f"monitoring.alerting.receivers.{ALERT_RECEIVER}: the name is the retraining receiver's "
+                         "(workloads.<name>.retrain): rename that receiver")
+    receiver, routes = alert_routes(service_url(config.namespaces.workloads), models)
+    return replace(alerting, receivers=[*alerting.receivers, receiver], routes=[*routes, *alerting.routes])
 
 
 MNIST_SERVER = "mnist-server"  # the image workloads/mnist/Dockerfile's `serve` target is pushed as

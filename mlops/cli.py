@@ -223,10 +223,27 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delivery(args: argparse.Namespace) -> int:
+    """Lead time, deployment frequency, change failure rate, time to restore (mlops/delivery.py)."""
+    from mlops import delivery, registry
+
+    client = _registry_client(args, "delivery")
+    if client is None:
+        return 2
+    return delivery.run(args, client, [registry.registered_name(m) for m in args.model or []])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mlops.evaluate import run
 
     return run(args)
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from mlops import drift
+
+    drift.print_report(drift.run(args))
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -379,6 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--alias", default="champion")
     lineage.set_defaults(run=cmd_lineage)
 
+    delivery = commands.add_parser("delivery", help="delivery (DORA) metrics per model: lead time, deployment "
+                                                    "frequency, change failure rate, time to restore")
+    delivery.add_argument("--stack", help=f"one of: {stacks} (default: MLFLOW_TRACKING_URI from the environment)")
+    delivery.add_argument("--outputs", help="JSON file of the stack outputs (default: `pulumi stack output`)")
+    delivery.add_argument("--insecure", action="store_true", help="accept self-signed TLS certificates (dev)")
+    from mlops.delivery import add_arguments as delivery_arguments
+
+    delivery_arguments(delivery)
+    delivery.set_defaults(run=cmd_delivery)
+
     new = commands.add_parser("new-model", help="write a model repository starter: test, build, register, serve, promote")
     new.add_argument("dir", help="new or empty directory to write the repository into")
     new.add_argument("--name", required=True, help="registered model and workload name (a DNS label)")
@@ -394,6 +421,13 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluate_arguments(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    drift_cmd = commands.add_parser("drift", help="served traffic vs the training reference: drift scores, "
+                                                  "prediction shares, shadow agreement (Prometheus)")
+    from mlops.drift import add_arguments as drift_arguments
+
+    drift_arguments(drift_cmd)
+    drift_cmd.set_defaults(run=cmd_drift)
 
     catalog = commands.add_parser("models", help="served models: versions, endpoints, inputs/outputs (metadata)")
     catalog.add_argument("--tenant", help="only this tenant's models (`platform`: the platform's own)")

@@ -120,9 +120,12 @@ def test_neo_register_gate_promote_rollback_lineage_and_smoke(services, client, 
     digest = hashlib.sha256(Path(copy).read_bytes()).hexdigest()
     assert run.data.tags["lineage.dataset.nasa.digest"] == digest and digest.startswith(logged.dataset.digest)
     assert pd.read_csv(copy).equals(pd.read_csv(crippled))
+    assert run.data.tags["trigger"] == "manual"  # no RETRAIN_TRIGGER: started by hand (workloads/common/tracking.py)
 
     # a better challenger: refused under a margin it cannot meet, promoted under the default one
-    second = ok(hook(services, tmp_path, "neo", "register", NEO_DATA=good)).outputs["model-version"]
+    # started by the retraining receiver (modules/retraining): the run records which trigger
+    second = ok(hook(services, tmp_path, "neo", "register", NEO_DATA=good, RETRAIN_TRIGGER="drift")).outputs["model-version"]
+    assert client.get_run(client.get_model_version(model, second).run_id).data.tags["trigger"] == "drift"
     ok(hook(services, tmp_path, "neo", "deploy", MODEL_VERSION=second))
     refused = hook(services, tmp_path, "neo", "promote", MODEL_VERSION=second, PROMOTE_MARGIN="2")
     assert refused.returncode == 1 and "not better enough" in refused.stdout

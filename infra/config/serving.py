@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import DNS_LABEL, Image, Model, Resources
+from infra.config.drift import DriftJobConfig, ModelMonitoringConfig
 
 
 class SeldonConfig(Model):
@@ -122,6 +123,8 @@ class ServedModelConfig(Model):
     candidate: ModelSourceConfig | None = Field(default=None, description="shadow or canary version")
     candidate_mode: Literal["shadow", "canary"] = "shadow"
     canary_percent: int = Field(default=10, ge=1, le=99)
+    monitoring: ModelMonitoringConfig = Field(default_factory=ModelMonitoringConfig, description="request sample and "
+                                              "drift job (docs/decisions/0017-drift-monitoring.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +143,15 @@ class ServedModelConfig(Model):
     def aliases(self) -> list[ModelSourceConfig]:
         return [s for s in (self.source, self.candidate) if s is not None and s.alias is not None]
 
+    @model_validator(mode="after")
+    def _sampling_source(self) -> ServedModelConfig:
+        rate = self.monitoring.sample_rate
+        if rate > 0 and self.source.alias is None:
+            raise ValueError(f"monitoring.sampleRate {rate}: only a model served by alias (source: {{model, alias}}) "
+                             "can sample, in the project's MLServer runtime; a uri or image source has no sampler "
+                             "(leave sampleRate at 0)")
+        return self
+
 
 class RegistryServingConfig(Model):
     poll_seconds: int = Field(default=30, ge=5, le=3600, description="how often alias models look their alias "
@@ -153,6 +165,13 @@ class ServingConfig(Model):
     models: dict[str, ServedModelConfig] = Field(
         default_factory=dict, description="models to serve, by name (a DNS label)")
     registry: RegistryServingConfig = RegistryServingConfig()
+    drift: DriftJobConfig = Field(default_factory=DriftJobConfig, description="the drift CronJob of the models with "
+                                  "monitoring.sampleRate > 0")
+
+    @model_validator(mode="after")
+    def _drift_jobs(self) -> ServingConfig:
+        self.drift._sampling = any(m.monitoring.sample_rate > 0 for m in self.models.values())
+        return self
 
     @model_validator(mode="after")
     def _alias_runtime(self) -> ServingConfig:
