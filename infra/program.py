@@ -360,9 +360,10 @@ def _sampled_models(config: StackConfig) -> dict[str, tuple[str, str, str | None
 def _inference_log_clients(config: StackConfig, namespaces: Namespaces,
                            sampled: Mapping[str, Any]) -> list[BucketAccess]:
     """Object-store identities of the request sample: the model servers write it, the drift jobs read
-    and prune it. Both write the whole artifacts bucket: the platforms grant per bucket, not per
-    prefix (docs/decisions/0017-drift-monitoring.md). On gke/eks the model servers' service account
-    has one workload identity (read-only): sampling there is not wired yet."""
+    and prune it, both under `inference-log/` of the artifacts bucket only (SeaweedFS prefix grants;
+    an `objectStore.external` store has one key for every client, which this cannot narrow). On
+    gke/eks the model servers' service account has one workload identity (read-only): sampling there
+    is not wired yet (docs/decisions/0017-drift-monitoring.md)."""
     if not sampled:
         return []
     if config.platform in ("gke", "eks"):
@@ -370,9 +371,9 @@ def _inference_log_clients(config: StackConfig, namespaces: Namespaces,
                          f"in-cluster object store only (minikube, existing); on {config.platform} leave it at 0 "
                          "(docs/decisions/0017-drift-monitoring.md)")
     return [BucketAccess(client=INFERENCE_LOG_WRITER, namespace=namespaces.names["serving"],
-                         service_account=MODEL_SERVER_ACCOUNT, buckets=["artifacts"]),
+                         service_account=MODEL_SERVER_ACCOUNT, buckets=["artifacts"], prefix=INFERENCE_LOG_PREFIX),
             BucketAccess(client=DRIFT_CLIENT, namespace=namespaces.names["platform"], service_account=DRIFT_CLIENT,
-                         buckets=["artifacts"])]
+                         buckets=["artifacts"], prefix=INFERENCE_LOG_PREFIX)]
 
 
 def _inference_log_uri(store: ObjectStore) -> pulumi.Output[str]:

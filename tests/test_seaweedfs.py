@@ -249,6 +249,38 @@ def test_s3_identities_are_enforced(onprem):
             s3(server, writer).put_object(Bucket="backups", Key="x", Body=b"x")
 
 
+def test_request_sample_identities_reach_only_the_inference_log_prefix():
+    """tests/stacks/Pulumi.full.yaml samples a served model (drift, ADR 0017): the model servers'
+    `inference-log-writer` writes under `inference-log/`, the `drift` job lists, reads and prunes
+    there, and neither can read, overwrite or delete a model's artifacts beside it."""
+    from botocore.exceptions import ClientError
+
+    values, secret_keys = stack_config("full", Path(__file__).resolve().parent / "stacks")
+    store = json.loads(values.get("mlops-stack:objectStore", "{}")) | {"replicas": 1}
+    plan = run_program("full", ({**values, "mlops-stack:objectStore": json.dumps(store)}, secret_keys),
+                       reveal_secrets=True)
+    with weed_server(plan) as server:
+        assert run_bucket_job(plan, server.master).returncode == 0
+        ids = {i.name: i for i in server.identities}
+        mlflow, writer, drift = ids["mlflow"], ids["inference-log-writer"], ids["drift"]
+        bucket = next(b for b in mlflow.buckets if "artifacts" in b)
+        model, sample = "1/models/m-1/artifacts/model.pkl", "inference-log/NEOs/champion/2026-12-01/000000-a.jsonl"
+        s3(server, mlflow).put_object(Bucket=bucket, Key=model, Body=b"weights")
+        s3(server, writer).put_object(Bucket=bucket, Key=sample, Body=b'{"inputs": []}\n')
+        for attempt in (lambda: s3(server, writer).put_object(Bucket=bucket, Key=model, Body=b"evil"),
+                        lambda: s3(server, writer).get_object(Bucket=bucket, Key=model),
+                        lambda: s3(server, drift).delete_object(Bucket=bucket, Key=model),
+                        lambda: s3(server, drift).get_object(Bucket=bucket, Key=model)):
+            with pytest.raises(ClientError, match="AccessDenied"):
+                attempt()
+        listed = s3(server, drift).list_objects_v2(Bucket=bucket, Prefix="inference-log/")
+        assert [o["Key"] for o in listed.get("Contents", [])] == [sample]
+        assert s3(server, drift).get_object(Bucket=bucket, Key=sample)["Body"].read() == b'{"inputs": []}\n'
+        s3(server, drift).delete_object(Bucket=bucket, Key=sample)
+        assert s3(server, mlflow).get_object(Bucket=bucket, Key=model)["Body"].read() == b"weights"
+        assert s3(server, drift).list_objects_v2(Bucket=bucket, Prefix="inference-log/").get("KeyCount", 0) == 0
+
+
 def test_bucket_job_fails_when_the_master_is_unreachable(onprem):
     """`weed shell` waits for a master forever; the Job must give up and say so."""
     started = time.monotonic()

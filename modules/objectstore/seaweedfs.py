@@ -37,6 +37,9 @@ class S3Identity:
     name: str
     buckets: Sequence[str]
     write: bool = True
+    prefix: str | None = None  # objects only under <bucket>/<prefix>/; listing the bucket stays allowed
+
+
 
 
 @dataclass(frozen=True)
@@ -55,13 +58,19 @@ class SeaweedFsArgs:
 
 
 def _actions(identity: S3Identity) -> list[str]:
+    """SeaweedFS matches `Verb:bucket/key` against wildcard actions; a listing is checked against the
+    bucket alone, so a prefix-scoped identity lists the whole bucket but reads and writes only its keys."""
     verbs = ["Read", "List", "Tagging"] + (["Write"] if identity.write else [])
-    return [f"{verb}:{bucket}" for bucket in identity.buckets for verb in verbs]
+    if identity.prefix is None:
+        return [f"{verb}:{bucket}" for bucket in identity.buckets for verb in verbs]
+    return [f"{verb}:{bucket}" if verb == "List" else f"{verb}:{bucket}/{identity.prefix}/*"
+            for bucket in identity.buckets for verb in verbs]
 
 
 def _layout_hash(identities: Sequence[S3Identity]) -> str:
     """Changes when an identity or its grants change; never derived from key material."""
-    layout = json.dumps([[i.name, sorted(i.buckets), i.write] for i in identities], sort_keys=True)
+    layout = json.dumps([[i.name, sorted(i.buckets), i.write, *([i.prefix] if i.prefix else [])] for i in identities],
+                        sort_keys=True)
     return hashlib.sha256(layout.encode()).hexdigest()[:16]
 
 

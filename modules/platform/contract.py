@@ -130,6 +130,8 @@ class BucketAccess:
     service_account: str
     buckets: Sequence[str]
     write: bool = True
+    # objects only under `<bucket>/<prefix>/` (listing the bucket stays allowed); None: the whole bucket
+    prefix: str | None = None
 
 
 class Platform(abc.ABC):

@@ -102,7 +102,7 @@ class InClusterPlatform(Platform):
         s = self.settings
         opts = pulumi.ResourceOptions(providers=[cluster.provider])
         client_namespaces = [c.namespace for c in clients]
-        identities = [S3Identity(c.client, [s.buckets[b] for b in c.buckets], c.write) for c in clients]
+        identities = [S3Identity(c.client, [s.buckets[b] for b in c.buckets], c.write, c.prefix) for c in clients]
         if isinstance(s.database, InClusterDatabase) and s.database.backup is not None:
             identities.append(S3Identity(BACKUP_CLIENT, [s.buckets["backups"]]))
         copied = [s.buckets["backups"], s.buckets["artifacts"]]
