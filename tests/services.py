@@ -170,6 +170,23 @@ def s3_api(buckets: tuple[str, ...]) -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def pushgateway() -> Iterator[str]:
+    """Debian's Pushgateway on a loopback port; yields its URL. Debian's build persists to
+    /var/lib/prometheus by default (upstream's image keeps metrics in memory): without
+    `--persistence.file=` every run would see the pushes of earlier runs and of other tests."""
+    binary = require_tool("prometheus-pushgateway", "Prometheus Pushgateway (Debian prometheus-pushgateway)")
+    port = free_port()
+    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/-/ready", timeout=20, process=process)
+        yield url
+    finally:
+        stop(process)
+
+
 @dataclass(frozen=True)
 class MlflowServer:
     url: str

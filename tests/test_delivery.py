@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlops import cli, delivery
 from mlops.plan import run_program, stack_config
 from tests.services import free_port, mlflow_server, postgres, s3_api, stop, wait_http
+from tests.services import pushgateway as start_pushgateway
 from tests.tools import require_tool
 from workloads.common import hooks, lineage, promotion
 
@@ -96,16 +97,8 @@ def registry():
 
 @pytest.fixture(scope="module")
 def pushgateway():
-    binary = require_tool("prometheus-pushgateway", "Prometheus Pushgateway (Debian prometheus-pushgateway)")
-    port = free_port()
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", timeout=20, process=process)
+    with start_pushgateway() as url:
         yield url
-    finally:
-        stop(process)
 
 
 def pushed(gateway: str, model: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,7 +7,6 @@ the weather comes from."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,8 +21,8 @@ from urllib3.util.retry import Retry
 
 from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import validate_plan
-from tests.services import free_port, postgres, stop, wait_http
-from tests.tools import require_tool
+from tests.services import free_port, postgres
+from tests.services import pushgateway as start_pushgateway
 from workloads.energy import data, ingest, model, monitor, predict, store, synthetic
 
 TODAY = pd.Timestamp("2024-04-20")  # the seed Job runs today: readings up to yesterday
@@ -107,17 +106,8 @@ def database():
 
 @pytest.fixture(scope="module")
 def pushgateway():
-    binary = require_tool("prometheus-pushgateway", "Prometheus Pushgateway (Debian prometheus-pushgateway)")
-    port = free_port()
-    # Debian's build persists to /var/lib/prometheus by default: keep this one's pushes its own
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", timeout=20, process=process)
+    with start_pushgateway() as url:
         yield url
-    finally:
-        stop(process)
 
 
 def _day(conn, day: pd.Timestamp) -> pd.DataFrame:

@@ -5,7 +5,6 @@ CronJob commands write their tables → the monitor scores yesterday and a real 
 
 from __future__ import annotations
 
-import subprocess
 
 import mlflow
 import pandas as pd
@@ -15,8 +14,8 @@ import requests
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.services import free_port, mlflow_server, postgres, s3_api, wait_http
-from tests.tools import require_tool
+from tests.services import mlflow_server, postgres, s3_api
+from tests.services import pushgateway as start_pushgateway
 from workloads.energy import ingest, model, monitor, predict, store, synthetic, train
 
 pytestmark = pytest.mark.integration
@@ -33,19 +32,8 @@ def services():
 
 @pytest.fixture(scope="module")
 def pushgateway():
-    binary = require_tool("prometheus-pushgateway", "Prometheus Pushgateway (Debian prometheus-pushgateway)")
-    port = free_port()
-    # Debian's build persists to /var/lib/prometheus by default (upstream's image keeps metrics in
-    # memory): without the flag every run sees the pushes of earlier runs and of other tests
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/-/ready", timeout=20, process=process)
+    with start_pushgateway() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
