@@ -33,7 +33,7 @@ from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import _core_problems, validate_plan
 from modules.monitoring.alerting import CONFIG_NAME
 from tests.footprint_measure import pss_mib
-from tests.services import free_port
+from tests.services import free_port, stop, wait_http
 from tests.test_alerting import operator_config, post_alerts
 from tests.tools import require_tool
 
@@ -248,17 +248,14 @@ def receiver(plan, stand_in, tmp_path_factory) -> Iterator[Endpoint]:
     url = Endpoint(f"http://127.0.0.1:{port}")
     url.pid = process.pid
     try:
-        def ready() -> bool:
-            assert process.poll() is None, (folder / "receiver.log").read_text()
-            try:
-                return http(f"{url}/healthz")[0] == 200
-            except OSError:
-                return False
-        wait_until(ready, "the receiver answers /healthz")
+        try:
+            wait_http(f"{url}/healthz", timeout=60, process=process)
+        except (RuntimeError, TimeoutError):
+            print((folder / "receiver.log").read_text())
+            raise
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -279,17 +276,14 @@ def alertmanager(plan, receiver, tmp_path_factory) -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=(folder / "alertmanager.log").open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
-        def ready() -> bool:
-            assert process.poll() is None, (folder / "alertmanager.log").read_text()
-            try:
-                return http(f"{url}/-/ready")[0] == 200
-            except OSError:
-                return False
-        wait_until(ready, "Alertmanager is ready")
+        try:
+            wait_http(f"{url}/-/ready", timeout=60, process=process)
+        except (RuntimeError, TimeoutError):
+            print((folder / "alertmanager.log").read_text())
+            raise
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def quality_alert(model: str, **labels: str) -> dict[str, str]:

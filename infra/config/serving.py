@@ -158,6 +158,14 @@ class RegistryServingConfig(Model):
                               "up; a moved alias is served within this time (plus the new version's load)")
 
 
+def dns_model_names(models: dict[str, ServedModelConfig]) -> dict[str, ServedModelConfig]:
+    """Model names become Kubernetes object names and URL segments: DNS labels only."""
+    bad = [name for name in models if not DNS_LABEL.match(name)]
+    if bad:
+        raise ValueError(f"model names {bad}: DNS labels (lowercase letters, digits, '-') are allowed")
+    return models
+
+
 class ServingConfig(Model):
     engine: Literal["seldon", "kserve"] = Field(description="serving engine behind modules/serving/contract.py")
     seldon: SeldonConfig
@@ -185,7 +193,4 @@ class ServingConfig(Model):
     @field_validator("models")
     @classmethod
     def _model_names(cls, v: dict[str, ServedModelConfig]) -> dict[str, ServedModelConfig]:
-        bad = [name for name in v if not DNS_LABEL.match(name)]
-        if bad:
-            raise ValueError(f"model names {bad}: DNS labels (lowercase letters, digits, '-') are allowed")
-        return v
+        return dns_model_names(v)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from infra.config.base import _CPU, _MEMORY, DNS_LABEL, Model, Resources, cpu_millicores, memory_mib
-from infra.config.serving import ServedModelConfig
+from infra.config.serving import ServedModelConfig, dns_model_names
 
 ROOT = Path(__file__).resolve().parents[2]  # the project (Pulumi.yaml); `fromFile` is relative to it
 FROM_FILE = "fromFile"
@@ -167,10 +167,7 @@ class TenantConfig(Model):
     @field_validator("models")
     @classmethod
     def _model_names(cls, v: dict[str, ServedModelConfig]) -> dict[str, ServedModelConfig]:
-        bad = [name for name in v if not DNS_LABEL.match(name)]
-        if bad:
-            raise ValueError(f"model names {bad}: DNS labels (lowercase letters, digits, '-') are allowed")
-        return v
+        return dns_model_names(v)
 
     @model_validator(mode="after")
     def _fits(self) -> TenantConfig:
