@@ -25,7 +25,7 @@ venv: $(VENV)/bin/python
 
 test-deps: $(VENV)/bin/python $(TOOLS)/checkov/installed $(TOOLS)/mlserver/installed $(TOOLS)/seldon/installed \
 		$(TOOLS)/kserve/installed
-	$(VENV)/bin/pip install --quiet -e ".[test]"
+	$(VENV)/bin/pip install --quiet -e ".[test]" ./modules/mlflow/image/auth_plugin
 
 # Tools whose own pins clash with the project's, each in a virtualenv of its own under .venv/tools:
 # checkov; MLServer with its MLflow runtime (the registry models' server, from the image's file);

@@ -20,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from modules.mlflow import AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND, SERVER_SETTINGS, auth_ini, server_command
+from modules.mlflow import AUTH_APP, AUTH_CACHE_TTL_SECONDS, MIGRATE_COMMAND, SERVER_SETTINGS, auth_ini, server_command
 from tests.services import Postgres, free_port, stop, wait_http
 
 ADMIN = ("admin", "throughput-admin-pw-1")
@@ -66,10 +66,12 @@ def migrate(db: Postgres, dbs: Databases) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def servers(db: Postgres, dbs: Databases, s3_endpoint: str, bucket: str, count: int = 1, auth: bool = True,
-            cache_ttl: int = AUTH_CACHE_TTL_SECONDS, workers: int = 1) -> Iterator[list[Server]]:
-    """`count` servers on one pair of databases, started at the same moment, once all answer /health."""
+            cache_ttl: int = AUTH_CACHE_TTL_SECONDS, workers: int = 1, app: str = AUTH_APP) -> Iterator[list[Server]]:
+    """`count` servers on one pair of databases, started at the same moment, once all answer /health.
+
+    `app`: the `--app-name` with `auth` (MLflow's own `basic-auth` for comparison)."""
     with ExitStack() as stack:
-        started = [stack.enter_context(_server(db, dbs, s3_endpoint, bucket, auth, cache_ttl, workers))
+        started = [stack.enter_context(_server(db, dbs, s3_endpoint, bucket, auth, cache_ttl, workers, app))
                    for _ in range(count)]
         for server in started:
             try:
@@ -82,13 +84,15 @@ def servers(db: Postgres, dbs: Databases, s3_endpoint: str, bucket: str, count: 
 
 @contextmanager
 def _server(db: Postgres, dbs: Databases, s3_endpoint: str, bucket: str, auth: bool, cache_ttl: int,
-            workers: int) -> Iterator[Server]:
+            workers: int, app: str) -> Iterator[Server]:
     work = Path(tempfile.mkdtemp(prefix="mlops-mlflow-"))
     env = _env(db, dbs, work, s3_endpoint, cache_ttl)
     port = free_port()
     command = server_command(workers=workers, host="127.0.0.1", port=port, metrics_dir=str(work / "metrics"))
-    if not auth:
-        i = command.index("--app-name")
+    i = command.index("--app-name")
+    if auth:
+        command[i + 1] = app
+    else:
         del command[i:i + 2]
     log = work / "server.log"
     with log.open("w") as out:

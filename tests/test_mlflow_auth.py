@@ -124,6 +124,66 @@ def test_a_deleted_user_is_refused_within_the_ttl(stack):
         time.sleep(0.5)
 
 
+# Run-scoped calls and what the default permission (READ) and explicit grants allow: the
+# platform's app must decide exactly as MLflow's own basic-auth app does.
+EXPECTED_RUN_DECISIONS = {
+    "owner logs a metric": 200, "owner sets a tag": 200,
+    "other logs a metric": 403, "other logs a batch": 403, "other reads the run": 200,
+    "other logs to an unknown run": 403,
+    "other with EDIT logs a metric": 200, "other with DENY reads the run": 403,
+    "other with DENY logs a metric": 403,
+}
+
+
+def run_decisions(server, replica, owner: tuple[str, str], other: tuple[str, str], tag: str) -> dict[str, int]:
+    """Each run-scoped call's status on `server`; grants are changed through `replica` (as the users
+    Job may reach another replica), so nothing about them may be remembered from an earlier answer."""
+    api = f"{server.url}/api/2.0/mlflow"
+
+    def call(auth, path, **body) -> int:
+        return requests.post(f"{api}/{path}", auth=auth, json=body, timeout=30).status_code
+
+    experiment = requests.post(f"{api}/experiments/create", auth=owner, json={"name": f"decisions-{tag}"},
+                               timeout=30).json()["experiment_id"]
+    run = requests.post(f"{api}/runs/create", auth=owner, json={"experiment_id": experiment},
+                        timeout=30).json()["run"]["info"]["run_id"]
+    metric = {"key": "loss", "value": 0.5, "timestamp": 1, "step": 0}
+    read = lambda auth: requests.get(f"{api}/runs/get", auth=auth, params={"run_id": run}, timeout=30).status_code  # noqa: E731
+    seen = {"owner logs a metric": call(owner, "runs/log-metric", run_id=run, **metric),
+            "owner sets a tag": call(owner, "runs/set-tag", run_id=run, key="k", value="v"),
+            "other logs a metric": call(other, "runs/log-metric", run_id=run, **metric),
+            "other logs a batch": call(other, "runs/log-batch", run_id=run, metrics=[metric]),
+            "other reads the run": read(other),
+            "other logs to an unknown run": call(other, "runs/log-metric", run_id="0" * 32, **metric)}
+    requests.post(f"{replica.url}/api/3.0/mlflow/users/permissions/grant", auth=ADMIN, timeout=30, json={
+        "username": other[0], "resource_type": "experiment", "resource_id": experiment,
+        "permission": "EDIT"}).raise_for_status()
+    seen["other with EDIT logs a metric"] = call(other, "runs/log-metric", run_id=run, **metric)
+    grants = requests.get(f"{replica.url}/api/3.0/mlflow/users/permissions/list", auth=ADMIN, timeout=30,
+                          params={"username": other[0]}).json()["permissions"]
+    role_id = next(g["role_id"] for g in grants if g["resource_pattern"] == experiment)
+    rows = requests.get(f"{replica.url}/api/3.0/mlflow/roles/permissions/list", auth=ADMIN, timeout=30,
+                        params={"role_id": str(role_id)}).json()["role_permissions"]
+    row = next(r for r in rows if r["resource_pattern"] == experiment)
+    requests.patch(f"{replica.url}/api/3.0/mlflow/roles/permissions/update", auth=ADMIN, timeout=30, json={
+        "role_permission_id": row["id"], "permission": "DENY"}).raise_for_status()
+    seen["other with DENY reads the run"] = read(other)
+    seen["other with DENY logs a metric"] = call(other, "runs/log-metric", run_id=run, **metric)
+    return seen
+
+
+def test_run_scoped_permissions_decide_as_mlflows_own_app(stack):
+    """The platform's app looks a run's experiment up once (docs/decisions/0011); every decision,
+    including grants changed on another replica a moment earlier, equals MLflow's basic-auth app's."""
+    db, [ours, replica], _ = stack
+    owner, other = ("run-owner", "owner-password-1"), ("run-other", "other-password-1")
+    for username, password in (owner, other):
+        admin_call(ours, "POST", "create", username=username, password=password)
+    assert run_decisions(ours, replica, owner, other, "ours") == EXPECTED_RUN_DECISIONS
+    with s3_api((BUCKET,)) as s3, servers(db, DBS, s3, BUCKET, cache_ttl=CACHE_TTL, app="basic-auth") as [upstream]:
+        assert run_decisions(upstream, replica, owner, other, "upstream") == EXPECTED_RUN_DECISIONS
+
+
 def test_writes_survive_a_database_restart_without_loss_duplicates_or_client_errors(stack):
     """Writers log metrics as a non-admin user, retrying like MLflow's client; mid-run the database
     restarts with a fast shutdown (every pooled connection dropped). No acknowledged write is missing

@@ -73,7 +73,7 @@ def test_mlflow_uses_the_platform_database_and_artifact_bucket(stack):
 
     server = plan.manifest("Deployment", "mlflow", mlflow_ns)["spec"]["template"]["spec"]["containers"][0]
     assert server["args"] == ["--artifacts-destination", f"s3://{config.object_store.buckets.artifacts}"]
-    assert "--serve-artifacts" in server["command"] and "basic-auth" in server["command"]
+    assert "--serve-artifacts" in server["command"] and "mlops-basic-auth" in server["command"]
     env = env_of(server)
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == f"http://seaweedfs.{platform_ns}.svc.cluster.local:8333"
     # the key pair MLflow uses is the one the object store grants on the artifact bucket

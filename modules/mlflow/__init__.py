@@ -2,7 +2,8 @@
 
 - metadata in PostgreSQL (`Database`), auth users in a second database of the same server;
 - artifacts proxied (`--serve-artifacts`): clients talk only to MLflow, never to the bucket;
-- built-in basic auth (`--app-name basic-auth`), admin password from a Pulumi secret;
+- MLflow's basic auth (`--app-name mlops-basic-auth`: its app with a cheaper run lookup), admin
+  password from a Pulumi secret;
 - Prometheus metrics (`--expose-prometheus`) on `/metrics`;
 - schema migrations of both databases (tracking and auth) in a Job that runs before the
   Deployment rolls: a server then finds both at head and runs no DDL, so replicas never race;
@@ -33,6 +34,8 @@ SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 # basic-auth's own cache of successful checks (keyed by user + HMAC of the password; failures are
 # never cached): a changed or removed password is refused everywhere within this time
 AUTH_CACHE_TTL_SECONDS = 30
+# MLflow's basic-auth app with a cheaper run → experiment lookup (image/auth_plugin, decision 0011)
+AUTH_APP = "mlops-basic-auth"
 # both migrations, in order; the auth one is the step `mlflow server` would otherwise run on start
 MIGRATE_COMMAND = ('mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI" && '
                    'exec python -m mlflow.server.auth db upgrade --url "$MLFLOW_AUTH_DATABASE_URI"')
@@ -88,7 +91,7 @@ def server_command(workers: int, host: str = "0.0.0.0", port: int = PORT,
         "--port", str(port),
         "--workers", str(workers),
         "--serve-artifacts",
-        "--app-name", "basic-auth",
+        "--app-name", AUTH_APP,
         "--expose-prometheus", metrics_dir,
     ]
 
