@@ -219,6 +219,100 @@ def longest_gap(schedule: str) -> timedelta:
     return max(b - a for a, b in zip(fires, fires[1:]))
 
 
+# ------------------------------------------------------------------------- recovery point objective
+
+PG_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
+# Managed PostgreSQL ships its transaction logs on the provider's own cadence:
+# Cloud SQL "uploads logs every 5 minutes or less … the recovery point objective is typically no
+# more than 5 minutes" (cloud.google.com/sql/docs/postgres/backup-recovery/pitr); RDS uploads them
+# every 5 minutes, the latest restorable time is "typically within the last five minutes"
+# (docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_PIT.html).
+CLOUD_SQL_LOG_UPLOAD = timedelta(minutes=5)
+RDS_LOG_UPLOAD = timedelta(minutes=5)
+DAILY = timedelta(days=1)  # Cloud SQL's automated backups without PITR: one a day
+
+
+def pg_duration(value: str | int) -> timedelta:
+    """A PostgreSQL time setting (`5min`, `300`, `1h`; no unit: seconds) as a timedelta."""
+    match = re.fullmatch(r"\s*(\d+)\s*(us|ms|s|min|h|d)?\s*", str(value))
+    if not match:
+        raise RestoreError(f"{value!r} is not a PostgreSQL time setting (a number with us, ms, s, min, h or d)")
+    return timedelta(seconds=int(match[1]) * PG_UNITS[match[2] or "s"])
+
+
+@dataclass(frozen=True)
+class RecoveryPoint:
+    """What a restore from `source` can lose at worst, from the plan's settings alone (the upload
+    time of the last WAL segment comes on top: benchmarks/restore.py measures it)."""
+
+    source: str  # where a restore reads from
+    survives: str  # what can be lost while this copy still restores
+    rpo: timedelta | None  # None: nothing to restore from
+    basis: str  # the settings it follows from
+
+    def render(self) -> str:
+        worst = "no restore possible" if self.rpo is None else f"≤ {_human(self.rpo)}"
+        return f"{self.source} ({self.survives}): {worst} — {self.basis}"
+
+
+def _human(span: timedelta) -> str:
+    minutes = span.total_seconds() / 60
+    return f"{minutes / 60:g} h" if minutes >= 120 else f"{minutes:g} min"
+
+
+def recovery_points(resources: Iterable[Mapping[str, Any]]) -> list[RecoveryPoint]:
+    """The recovery point objective each copy of the stack's database gives, from its plan
+    (`mlops.plan.Plan.resources`): CloudNativePG's archive_timeout (a WAL segment is closed and
+    archived at most that long after a write) and, for the off-cluster copy, the longest gap of the
+    copy CronJob's schedule on top; Cloud SQL's / RDS's log upload cadence when the plan turns
+    point-in-time recovery on. The base-backup schedule bounds the WAL a restore replays, not the RPO."""
+    resources = list(resources)
+    objects = [r["manifest"] for r in resources if r.get("manifest") is not None]
+    points: list[RecoveryPoint] = []
+    clusters = [o for o in objects if o.get("kind") == "Cluster" and str(o.get("apiVersion", "")).startswith(CNPG_GROUP)]
+    for cluster in clusters:
+        spec = cluster["spec"]
+        if not spec.get("backup", {}).get("barmanObjectStore"):
+            points.append(RecoveryPoint("archive", "the database", None,
+                                        "database.backup.enabled is false: no WAL archive, no base backup"))
+            continue
+        from modules.database.offsite import OFFSITE_CRONJOB
+
+        timeout = spec["postgresql"]["parameters"]["archive_timeout"]
+        schedule = schedule_of(objects)
+        in_cluster = ".svc" in str(spec["backup"]["barmanObjectStore"].get("endpointURL", ""))
+        basis = f"archive_timeout {timeout}; base backups '{schedule}' (at most {_human(longest_gap(schedule))} of WAL to replay)"
+        points.append(RecoveryPoint("archive", "the database" if in_cluster else "the cluster (objectStore.external)",
+                                    pg_duration(timeout), basis))
+        jobs = [o for o in objects if o.get("kind") == "CronJob" and o["metadata"]["name"] == OFFSITE_CRONJOB]
+        for job in jobs:
+            every = longest_gap(job["spec"]["schedule"])
+            points.append(RecoveryPoint("off-cluster copy", "the cluster", pg_duration(timeout) + every,
+                                        f"archive_timeout {timeout} + copy '{job['spec']['schedule']}' "
+                                        f"(every {_human(every)})"))
+        if in_cluster and not jobs:
+            points.append(RecoveryPoint("off-cluster copy", "the cluster", None,
+                                        "no database.backup.offsite: the archive is in the cluster's object store"))
+    for r in resources:
+        inputs = r.get("inputs", {})
+        if r["type"] == "gcp:sql/databaseInstance:DatabaseInstance":
+            backups = inputs.get("settings", {}).get("backupConfiguration", {})
+            if backups.get("pointInTimeRecoveryEnabled"):
+                points.append(RecoveryPoint("Cloud SQL", "the instance", CLOUD_SQL_LOG_UPLOAD,
+                                            f"point-in-time recovery, {backups.get('transactionLogRetentionDays')} "
+                                            "days of logs; Cloud SQL uploads them at least every 5 min"))
+            else:
+                points.append(RecoveryPoint("Cloud SQL", "the instance", DAILY if backups.get("enabled") else None,
+                                            "automated daily backups, no point-in-time recovery"
+                                            if backups.get("enabled") else "no automated backups"))
+        elif r["type"] == "aws:rds/instance:Instance":
+            days = int(inputs.get("backupRetentionPeriod", 0))
+            points.append(RecoveryPoint("RDS", "the instance", RDS_LOG_UPLOAD if days else None,
+                                        f"automated backups kept {days} days (point-in-time recovery); RDS "
+                                        "uploads transaction logs every 5 min" if days else "backupRetentionPeriod 0"))
+    return points
+
+
 # ------------------------------------------------------------------------------ restore manifests
 
 def find_cluster(objects: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]:

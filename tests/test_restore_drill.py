@@ -6,153 +6,35 @@ a time between the two phases the way CloudNativePG's `bootstrap.recovery` does 
 (barman-cloud-restore + barman-cloud-wal-restore + recovery_target_time). Row counts and aliases
 must equal those at that time, and a model registered before the backup must load from MLflow on
 the restored database. A second restore reads only the off-cluster copy (the CronJob's exact
-script), with the original store wiped, artifacts included.
+script), with the original store wiped, artifacts included. The machinery is in tests/restore_drill.py
+(benchmarks/restore.py times the same steps).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import shlex
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import boto3
-import numpy as np
 import pytest
 
 from mlops.restore import Archive, RestoreError, backup_for, check_archive, list_backups
-from tests.services import Postgres, free_port, mlflow_server, s3_api
-from tests.tools import require_tool
+from tests.restore_drill import (ARTIFACTS, BACKUPS, FEATURES, MLFLOW_ROLE, MODEL, Server, StackArchive,
+                                 archive_current_wal, copy_back_artifacts, mlflow_env, mlflow_state, register,
+                                 restore, server_dir, stack_archive, start_archiving, tools_env, wipe, write_runs)
+from tests.services import Postgres, mlflow_server, s3_api
 
 pytestmark = pytest.mark.integration
-ARTIFACTS, BACKUPS, MODEL = "mlflow-artifacts", "backups", "drill-model"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-FEATURES = np.array([[0.0, 1.0], [1.0, 0.0], [0.2, 0.9], [0.9, 0.1]])
-TABLES = ("experiments", "runs", "metrics", "params", "registered_models", "model_versions",
-          "registered_model_aliases")
-
-
-@dataclass(frozen=True)
-class StackArchive:
-    archive: Archive  # as the stack's Cluster declares it (endpoint: the cluster's object store)
-    archive_timeout: str
-    cluster: dict[str, Any]
-    objects: list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
 def stack() -> StackArchive:
-    from mlops.plan import run_program, stack_config
-    from mlops.restore import find_cluster
-
-    objects = run_program("onprem", stack_config("onprem", None)).kubernetes_objects
-    cluster = dict(find_cluster(objects))
-    timeout = cluster["spec"]["postgresql"]["parameters"]["archive_timeout"]
-    return StackArchive(Archive.of_cluster(cluster), timeout, cluster, list(objects))
-
-
-def tools_env() -> dict[str, str]:
-    """barman-cloud-* and mlflow from this interpreter's virtualenv first on PATH, S3 keys set."""
-    bin_dir = str(Path(sys.executable).parent)
-    require_tool("barman-cloud-backup", "barman[cloud] (the test extra)", path=bin_dir)
-    return {**os.environ, **S3_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-
-
-class Server:
-    """A PostgreSQL 15 data directory and server. As root it runs in a user namespace as a
-    non-root uid (PostgreSQL refuses root) that can still execute this virtualenv's barman tools."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.data, self.port = root, root / "data", port
-        self.wrap = (["unshare", "--user", "--map-user=1000", "--map-group=1000"] if os.geteuid() == 0 else [])
-
-    def run(self, *command: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.wrap, *command], env=env or tools_env(), capture_output=True, text=True,
-                              check=check, timeout=300)
-
-    def initdb(self) -> None:
-        self.run(require_tool("initdb", "PostgreSQL server binaries"), "-D", str(self.data), "-U", "postgres",
-                 "--auth-local=trust", "--auth-host=scram-sha-256")
-
-    def configure(self, settings: dict[str, str]) -> None:
-        with (self.data / "postgresql.auto.conf").open("a") as conf:
-            conf.writelines(f"{k} = '{v}'\n" for k, v in settings.items())
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
-        self.run(require_tool("pg_ctl", "PostgreSQL server binaries"), "-D", str(self.data), "-o", options,
-                 "-l", str(self.root / "log"), "-w", "-t", "120", "start")
-
-    def stop(self) -> None:
-        self.run("pg_ctl", "-D", str(self.data), "-m", "fast", "stop", check=False)
-
-    def sql(self, statement: str, database: str = "postgres") -> str:
-        return self.run(require_tool("psql", "PostgreSQL client"), "-h", str(self.root), "-p", str(self.port),
-                        "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-tAc", statement).stdout.strip()
-
-    def socket_env(self) -> dict[str, str]:
-        return {**tools_env(), "PGHOST": str(self.root), "PGPORT": str(self.port)}
-
-
-@contextmanager
-def server_dir() -> Iterator[Server]:
-    root = Path(tempfile.mkdtemp(prefix="mlops-drill-"))
-    server = Server(root, free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def mlflow_state(server: Server) -> dict[str, Any]:
-    """Row counts of MLflow's tables and the registry's aliases, read with SQL."""
-    counts = {t: int(server.sql(f"SELECT count(*) FROM {t}", "mlruns")) for t in TABLES}
-    aliases = server.sql("SELECT name || '@' || alias || '=' || version FROM registered_model_aliases ORDER BY 1", "mlruns")
-    return {**counts, "aliases": aliases.splitlines()}
-
-
-def write_runs(prefix: str, n: int) -> None:
-    import mlflow
-
-    mlflow.set_experiment("drill")
-    for i in range(n):
-        with mlflow.start_run(run_name=f"{prefix}-{i}"):
-            mlflow.log_param("phase", prefix)
-            for step in range(5):
-                mlflow.log_metric("loss", 1.0 / (step + 1 + i), step=step)
-
-
-def register(version_label: str) -> str:
-    import mlflow
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(C=1.0 if version_label == "v1" else 0.5).fit(FEATURES, np.array([0, 1, 0, 1]))
-    with mlflow.start_run(run_name=f"train-{version_label}"):
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
-                                        input_example=FEATURES[:1], pip_requirements=["scikit-learn"])
-    return str(info.registered_model_version)
-
-
-def archive_current_wal(server: Server, timeout: float = 60) -> None:
-    """Switch to a new WAL segment and wait until the archiver has shipped the old one."""
-    segment = server.sql("SELECT pg_walfile_name(pg_switch_wal())")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (server.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") or "") >= segment:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"WAL {segment} not archived within {timeout} s: {(server.root / 'log').read_text()[-2000:]}")
+    return stack_archive("onprem")
 
 
 @dataclass(frozen=True)
@@ -171,18 +53,9 @@ def drill(stack: StackArchive) -> Iterator[Drill]:
     with s3_api((BACKUPS, ARTIFACTS)) as s3, server_dir() as server:
         archive = stack.archive.at(stack.archive.destination_path, s3)
         assert archive.destination_path.startswith(f"s3://{BACKUPS}/"), "the stack archives outside the backups bucket"
-        server.initdb()
-        server.configure({"archive_mode": "on", "archive_command": shlex.join(archive.wal_archive("%p")),
-                          "archive_timeout": stack.archive_timeout, "wal_level": "replica"})
-        subprocess.run(archive.check_wal_archive(), env=tools_env(), check=True, capture_output=True)
-        server.start()
-        server.sql("CREATE ROLE mlflow LOGIN PASSWORD 'test-password'")
-        for db in ("mlruns", "mlflow_auth"):
-            server.sql(f"CREATE DATABASE {db} OWNER mlflow")
-        pg = Postgres("127.0.0.1", server.port, "mlflow", "test-password")
-        with mlflow_server(pg, s3, ARTIFACTS) as mlflow_srv:
-            for key, value in {"MLFLOW_TRACKING_URI": mlflow_srv.url, "MLFLOW_TRACKING_USERNAME": mlflow_srv.username,
-                               "MLFLOW_TRACKING_PASSWORD": mlflow_srv.password}.items():
+        start_archiving(server, archive, stack.archive_timeout)
+        with mlflow_server(Postgres("127.0.0.1", server.port, *MLFLOW_ROLE), s3, ARTIFACTS) as mlflow_srv:
+            for key, value in mlflow_env(mlflow_srv).items():
                 monkey.setenv(key, value)
             from mlflow import MlflowClient
 
@@ -216,22 +89,6 @@ def drill(stack: StackArchive) -> Iterator[Drill]:
     monkey.undo()
 
 
-def restore(archive: Archive, target_time: datetime, server: Server) -> None:
-    """What CloudNativePG's bootstrap.recovery does: the newest backup that ended before the
-    target, then WAL from the archive until the target, then promote."""
-    backup = backup_for(list_backups(archive, tools_env()), target_time)
-    server.run(*archive.restore(backup.backup_id, str(server.data)))
-    (server.data / "recovery.signal").touch()
-    server.configure({"restore_command": shlex.join(archive.wal_restore("%f", "%p")), "archive_mode": "off",
-                      "recovery_target_time": target_time.strftime("%Y-%m-%d %H:%M:%S.%f+00"),
-                      "recovery_target_action": "promote"})
-    server.start()
-    deadline = time.monotonic() + 120
-    while server.sql("SELECT pg_is_in_recovery()") == "t":
-        assert time.monotonic() < deadline, (server.root / "log").read_text()[-3000:]
-        time.sleep(0.5)
-
-
 def check_restored_rows(server: Server, drill: Drill) -> None:
     assert drill.at_end != drill.at_target, "the writes after the target changed nothing: the drill proves nothing"
     assert mlflow_state(server) == drill.at_target
@@ -242,10 +99,9 @@ def check_restored_mlflow(server: Server, s3: str, drill: Drill) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    pg = Postgres("127.0.0.1", server.port, "mlflow", "test-password")
+    pg = Postgres("127.0.0.1", server.port, *MLFLOW_ROLE)
     with mlflow_server(pg, s3, ARTIFACTS) as restored, pytest.MonkeyPatch.context() as monkey:
-        for key, value in {"MLFLOW_TRACKING_URI": restored.url, "MLFLOW_TRACKING_USERNAME": restored.username,
-                           "MLFLOW_TRACKING_PASSWORD": restored.password}.items():
+        for key, value in mlflow_env(restored).items():
             monkey.setenv(key, value)
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
             monkey.delenv(var, raising=False)  # proxied artifacts: through the restored server only
@@ -364,25 +220,14 @@ def test_restore_from_the_offsite_copy_alone(drill: Drill) -> None:
     with s3_api(("offsite",)) as offsite:
         args = copy_args(drill.s3, offsite, buckets=(BACKUPS, ARTIFACTS))
         assert run_copy(args).returncode == 0
-        source = boto3.resource("s3", endpoint_url=drill.s3, **{k.lower(): v for k, v in S3_ENV.items()
-                                                                 if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
-        for bucket in (BACKUPS, ARTIFACTS):
-            source.Bucket(bucket).objects.all().delete()  # the original cluster's store is gone
+        wipe(drill.s3, (BACKUPS, ARTIFACTS))  # the original cluster's store is gone
         job = cronjob(args)
         replica = drill.archive.at(replica_url(job, drill.archive.destination_path), offsite)
         with server_dir() as server:
             restore(replica, drill.target_time, server)
             # artifacts back into the (new) cluster's bucket: the runbook's rclone copy
-            back = subprocess.run(
-                ["rclone", "copy", f"offsite:{replica_url(job, f's3://{ARTIFACTS}').removeprefix('s3://')}",
-                 f"cluster:{ARTIFACTS}"], capture_output=True, text=True, timeout=120, check=False,
-                env={**tools_env(), **remote("offsite", offsite), **remote("cluster", drill.s3)})
+            back = copy_back_artifacts(replica_url(job, f"s3://{ARTIFACTS}").removeprefix("s3://"), offsite, drill.s3)
             assert back.returncode == 0, back.stderr
             check_restored_rows(server, drill)
             check_restored_mlflow(server, drill.s3, drill)
 
-
-def remote(name: str, endpoint: str) -> dict[str, str]:
-    prefix = f"RCLONE_CONFIG_{name.upper()}_"
-    return {prefix + "TYPE": "s3", prefix + "PROVIDER": "Other", prefix + "ENDPOINT": endpoint,
-            prefix + "ACCESS_KEY_ID": "test", prefix + "SECRET_ACCESS_KEY": "test", prefix + "REGION": "us-east-1"}
