@@ -191,11 +191,11 @@ def test_cel_rules_of_the_crd_are_evaluated(plans):
 
 def test_unknown_kind_is_an_error_not_unchecked(plans):
     plan = plans["dev"]
-    policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+    policy = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
               "metadata": {"name": "deny", "namespace": "serving"}, "spec": {}}
     report = validate_plan(with_object(plan, first(plan, "VirtualService"), policy), version_of("dev"))
     [error] = report.errors
-    assert error.startswith("security.istio.io/v1 AuthorizationPolicy serving/deny: no CRD schema stored")
+    assert error.startswith("security.istio.io/v1 PeerAuthentication serving/deny: no CRD schema stored")
     assert report.checked == len(plan.kubernetes_objects) - 1
 
 

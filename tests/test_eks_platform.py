@@ -298,7 +298,7 @@ def test_integrity_rejects_the_eks_plan_without_the_provider_edge(plan_of):
 
 ZONE = "Z0123456789ABCDEFGHIJ"
 DNS_GATEWAY = {"domain": "mlops.example.com", "dns": {"zone": ZONE},
-               "tls": {"issuer": "letsencrypt", "email": "ops@example.com"}}
+               "tls": {"issuer": "letsencrypt", "email": "ops@example.com"}, "auth": {"mode": "anonymous"}}
 
 
 def with_dns() -> Plan:

@@ -21,6 +21,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from modules import kube
+from modules.gateway.auth import GatewayAuth, JwtPolicy, Sso, extension_provider
 from modules.platform.contract import PublicDns
 
 ISTIO_REPO = "https://istio-release.storage.googleapis.com/charts"
@@ -97,6 +98,8 @@ class IstioGatewayArgs:
     tls: Tls | None = None
     service_annotations: Mapping[str, str] = field(default_factory=dict)  # the cloud's load balancer type
     dns: PublicDns | None = None  # records + DNS-01 in the cloud's zone (gateway.dns); None: HTTP-01
+    jwt: JwtPolicy | None = None  # tokens on the model endpoints (modules/gateway/auth.py); None: anonymous
+    sso: Sso | None = None  # oauth2-proxy sign-in for the MLflow and Grafana hosts
 
 
 def _gateway_resources(resources: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,7 +162,8 @@ class IstioGateway(pulumi.ComponentResource):
             "pilot": {"autoscaleEnabled": False, "replicaCount": 1, "resources": dict(args.istiod_resources)},
             "global": {"proxy": {"autoInject": "disabled"}},
             "sidecarInjectorWebhook": {"enableNamespacesByDefault": False},
-            "meshConfig": {"accessLogFile": "/dev/stdout"},
+            "meshConfig": {"accessLogFile": "/dev/stdout",
+                           **({"extensionProviders": [extension_provider(args.namespace)]} if args.sso else {})},
         }, [base])
         ingress = istio_chart("gateway", INGRESS_RELEASE, {
             "replicaCount": args.gateway_replicas,
@@ -182,6 +186,9 @@ class IstioGateway(pulumi.ComponentResource):
         )
         if args.tls:
             self._https_redirect(name, args, ns)
+        if args.jwt or args.sso:
+            GatewayAuth(f"{name}-auth", ns, args.jwt, args.sso,
+                        opts=pulumi.ResourceOptions.merge(kube.child(self), kube.after([ingress])))
         self.register_outputs({"gateway": self.gateway})
 
     @property
