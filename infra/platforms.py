@@ -170,6 +170,7 @@ def _gke_settings(config: StackConfig) -> GkeSettings:
         protect=config.protected,
         labels=_labels(config),
         dns=config.gateway.dns is not None,
+        vertex=config.serving.engine == "vertex",
     )
 
 

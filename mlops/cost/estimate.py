@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from infra.defaults import ENVIRONMENT
 from mlops.cost.needs import Database, Needs, Pool, cloud_sql_shape, gce_shape
-from mlops.cost.prices import PriceFile, Target, price_file
+from mlops.cost.managed import MANAGED
+from mlops.cost.prices import PriceFile, Target, managed_price_file, price_file
 from mlops.cost.usage import Usage
 
 CATEGORIES = ("cluster", "compute", "database", "storage", "network", "registry", "observability", "discount",
@@ -228,6 +229,7 @@ def price_gke(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
     logging = p["logging.ingestion"]
     est.add("Cloud Logging", f"{usage.logs.ingested_gib:g} GiB ingested ({logging.free:g} GiB free)", "observability",
             max(usage.logs.ingested_gib - logging.free, 0), "GiB", logging.price, "logging.ingestion")
+    _managed_lines(est, needs, hours, "gke")
     _discount(est, usage)
     return est
 
@@ -293,6 +295,20 @@ def price_eks(needs: Needs, usage: Usage, p: PriceFile | None = None) -> Estimat
     est.add("CloudWatch Logs", f"storage ({needs.log_retention_days} days kept)", "observability", stored,
             "GiB-month", p["logs.storage"].price, "logs.storage")
     est.add("KMS key", "Secrets encryption", "cluster", 1, "key-month", p["kms.key"].price, "kms.key")
+    _managed_lines(est, needs, hours, "eks")
     _discount(est, usage)
     return est
 
+
+def _managed_lines(est: Estimate, needs: Needs, hours: float, target: str) -> None:
+    """serving.engine sagemaker (eks) or vertex (gke): each endpoint's instances (all variants)
+    from their own price file, on the estimate of the cloud the engine runs in."""
+    engine = needs.managed_engine
+    if not needs.managed_endpoints or needs.platform != target or MANAGED[engine].platform != target:
+        return
+    managed, m = managed_price_file(engine), MANAGED[engine]
+    for model, instance_type, instances in needs.managed_endpoints:
+        est.add(f"{m.service} endpoint {model}", f"{instances} × {instance_type} (all variants)", "compute",
+                instances * hours, m.unit, managed.instance(instance_type).price, f"{engine}:instances.{instance_type}")
+    est.notes.append(f"{m.service} endpoints from pricing/{managed.file}: {m.unit}s at the variants' starting "
+                     "counts (autoscaling adds more); storage and data processed are not priced")

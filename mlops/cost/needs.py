@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from infra.config import StackConfig, cpu_millicores, memory_mib
 from infra.images import registry_gib
 from infra.settings import GCP_ZONES
+from mlops.cost.managed import managed_endpoints
 from mlops.cost.prices import PricingError, price_file
 from mlops.cost.usage import Usage
 
@@ -66,6 +67,9 @@ class Needs:
     registry_gib: float = 0.0  # images kept in the registry (the stack's own builds, or the usage file's)
     autopilot: tuple[float, float] | None = None  # GKE Autopilot: billed pod vCPU, GiB (no pools of ours)
     log_retention_days: int = 30
+    # serving.engine sagemaker/vertex: (model, machine type, instances of all its variants) per endpoint
+    managed_endpoints: tuple[tuple[str, str, int], ...] = ()
+    managed_engine: str = ""
 
     @property
     def vcpu(self) -> float:
@@ -146,7 +150,8 @@ def _cloud_needs(stack: str, config: StackConfig, usage: Usage, requests: dict |
         vcpu, memory = cloud_sql_shape(gcp.database.tier)
         database = Database(vcpu, memory, gcp.database.storage_gi, gcp.database.high_availability, backups,
                             gcp.database.tier)
-        return Needs(stack, "gke", config.environment, zones > 1, zones, tuple(pools), database, **common)
+        return Needs(stack, "gke", config.environment, zones > 1, zones, tuple(pools), database,
+                     managed_endpoints=managed_endpoints(config), managed_engine=config.serving.engine, **common)
     aws = config.aws
     catalog = price_file("eks")
     zones = len(aws.zones)
@@ -162,7 +167,8 @@ def _cloud_needs(stack: str, config: StackConfig, usage: Usage, requests: dict |
     ha = aws.nat_gateways == "perZone" or aws.database.high_availability  # EKS always spans 2+ zones
     return Needs(stack, "eks", config.environment, ha, zones, tuple(pools), database, nat_gateways=nat,
                  gateway_addresses=zones if config.gateway.dns is not None else 0,
-                 log_retention_days=aws.log_retention_days, **common)
+                 log_retention_days=aws.log_retention_days, managed_endpoints=managed_endpoints(config),
+                 managed_engine=config.serving.engine, **common)
 
 
 def _in_cluster_needs(stack: str, config: StackConfig, usage: Usage, requests: dict, utilisation: float) -> Needs:

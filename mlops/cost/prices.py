@@ -15,6 +15,9 @@ from mlops.paths import ROOT
 PRICING = ROOT / "pricing"
 Target = Literal["gke", "eks", "onprem"]
 FILES = {"gke": "gcp-europe-west1.yaml", "eks": "aws-eu-west-1.yaml"}
+MANAGED_FILES = {"sagemaker": "aws-sagemaker-eu-west-1.yaml",  # managed serving beside a cluster
+                 "vertex": "gcp-vertex-europe-west1.yaml"}
+MANAGED_PROVIDERS = {"aws-sagemaker": "sagemaker", "gcp-vertex": "vertex"}  # a file's provider -> engine
 
 
 class _Model(BaseModel):
@@ -69,6 +72,8 @@ class PriceFile(_Model):
 
     @property
     def file(self) -> str:
+        if self.provider in MANAGED_PROVIDERS:
+            return MANAGED_FILES[MANAGED_PROVIDERS[self.provider]]
         return FILES["gke" if self.provider == "gcp" else "eks"]
 
     @property
@@ -87,3 +92,9 @@ def read_price_file(path: Path) -> PriceFile:
 @cache
 def price_file(target: Target, folder: Path = PRICING) -> PriceFile:
     return read_price_file(folder / FILES[target])
+
+
+@cache
+def managed_price_file(engine: str, folder: Path = PRICING) -> PriceFile:
+    """Instance prices of a managed serving engine (`serving.engine`)."""
+    return read_price_file(folder / MANAGED_FILES[engine])

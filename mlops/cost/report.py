@@ -11,9 +11,10 @@ from typing import Any
 from infra.config import StackConfig
 from infra.settings import parse_stack_config, raw_from_pulumi_config
 from mlops.cost.estimate import Estimate, price_eks, price_gke
+from mlops.cost.managed import MANAGED, ServingCost, managed_engine, serving_costs
 from mlops.cost.needs import Needs, needs_of
 from mlops.cost.onprem import BreakEven, Tco, break_even, curves, load_tco, price_onprem
-from mlops.cost.prices import Target, price_file
+from mlops.cost.prices import Target, managed_price_file, price_file
 from mlops.cost.usage import Usage, load_usage
 
 DISCLAIMER = ("List prices (on-demand, USD) exclude discounts, taxes, committed-use discounts, Savings Plans and "
@@ -34,6 +35,8 @@ class Report:
     curves: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)
     node_vcpu: float = 0.0
     utilisation: float = 0.6
+    serving: list[ServingCost] = field(default_factory=list)  # the served models in-cluster vs managed
+    serving_engine: str = "sagemaker"  # the managed engine they are compared with (mlops/cost/managed.py)
 
 
 def load_config(stack: str, stacks_dir: Path | None = None) -> StackConfig:
@@ -91,6 +94,13 @@ def build_report(stack: str, compare: list[Target] | None = None, usage_path: Pa
     prices = {t: _price_info(t, tco) for t in targets}
     report = Report(stack, config.platform, config.environment, estimates, assumptions, prices,
                     node_vcpu=needs.vcpu, utilisation=tco.sizing.target_utilisation)
+    if config.serving.models:
+        engine = managed_engine(config)
+        report.serving = serving_costs(config, usage.hours_per_month, tco.sizing.target_utilisation, engine)
+        report.serving_engine = engine
+        managed = managed_price_file(engine)
+        report.prices[engine] = {"file": f"pricing/{managed.file}", "region": managed.region,
+                                 "taken": managed.taken, "unverified": managed.unverified}
     clouds = {t: pricer(t, usage, tco) for t in targets if t != "onprem"}
     if "onprem" in targets and clouds:
         report.break_even = break_even(needs, usage, tco, clouds)
@@ -154,6 +164,21 @@ def _break_even_rows(report: Report) -> list[list[str]]:
     return rows
 
 
+def serving_title(report: Report) -> str:
+    m = MANAGED[report.serving_engine]
+    return f"serving: in-cluster ({m.platform} workload nodes) vs {m.service} endpoints, the same models"
+
+
+def _serving_rows(report: Report) -> list[list[str]]:
+    service = MANAGED[report.serving_engine].service
+    rows = [["model", "variants", "pod requests", "in-cluster USD / month", service, f"{service} USD / month"]]
+    for s in report.serving:
+        rows.append([s.model, ", ".join(f"{v} {n}" for v, n in s.variants.items()),
+                     f"{s.pod_vcpu:g} vCPU / {s.pod_memory_gib:g} GiB", _money(s.in_cluster_monthly),
+                     f"{s.instances} × {s.instance_type}", _money(s.managed_monthly)])
+    return rows
+
+
 def _price_lines(report: Report) -> list[str]:
     return [f"{t}: {info['file']} ({info['region']}), prices taken {info['taken']}; {info['unverified']} of its "
             "prices not verified against the source page (marked `verified: false`)"
@@ -189,6 +214,8 @@ def render_text(report: Report) -> str:
     if report.break_even:
         lines += ["", "== break-even (node capacity scaled; database and storage as configured)",
                   *_text_table(_break_even_rows(report))]
+    if report.serving:
+        lines += ["", f"== {serving_title(report)}", *_text_table(_serving_rows(report))]
     lines += ["", "== assumptions", *[f"{k} = {json.dumps(v)}" for k, v in report.assumptions]]
     return "\n".join(lines) + "\n"
 
@@ -212,6 +239,9 @@ def render_markdown(report: Report) -> str:
     if report.break_even:
         lines += ["", "### Break-even", "", "Node capacity scaled; database and storage as configured.", "",
                   *_md_table(_break_even_rows(report))]
+    if report.serving:
+        title = serving_title(report)
+        lines += ["", f"### {title[0].upper()}{title[1:]}", "", *_md_table(_serving_rows(report))]
     lines += ["", "<details><summary>Assumptions</summary>", "", *_md_table(
         [["key", "value"], *[[k, json.dumps(v)] for k, v in report.assumptions]]), "", "</details>"]
     return "\n".join(lines) + "\n"
@@ -226,6 +256,8 @@ def to_json(report: Report) -> dict[str, Any]:
                        "lines": [{**asdict(line), "key": line.key, "monthly": round(line.monthly, 4)}
                                  for line in e.lines]} for e in report.estimates],
         "breakEven": [asdict(b) for b in report.break_even],
+        "serving": [{**asdict(s), "instances": s.instances, "inClusterMonthly": round(s.in_cluster_monthly, 2),
+                     "managedMonthly": round(s.managed_monthly, 2)} for s in report.serving],
         "assumptions": dict(report.assumptions),
     }
 
@@ -259,6 +291,8 @@ def render_html(report: Report) -> str:
     if report.break_even:
         parts += ["<h2>Break-even</h2><p>Node capacity scaled; database and storage as configured.</p>",
                   _html_table(_break_even_rows(report))]
+    if report.serving:
+        parts += [f"<h2>{html.escape(serving_title(report))}</h2>", _html_table(_serving_rows(report))]
     parts += ["<h2>Assumptions</h2>", _html_table([["key", "value"], *[[k, json.dumps(v)] for k, v in
                                                                         report.assumptions]])]
     style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}table{border-collapse:collapse;"

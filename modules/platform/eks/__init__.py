@@ -73,6 +73,17 @@ class EksSettings:
     create_github_oidc_provider: bool = False
 
 
+@dataclass(frozen=True)
+class AwsContext:
+    """What a managed AWS service beside the cluster (SageMaker endpoints) takes from the platform."""
+
+    opts: pulumi.ResourceOptions  # the stack's provider for the region
+    key_arn: pulumi.Output[str]  # the KMS key of the buckets (model data is SSE-KMS) and repositories
+    region: str
+    prefix: str  # of physical names
+    log_retention_days: int
+
+
 class EksPlatform(Platform):
     def __init__(self, settings: EksSettings):
         self.settings = settings
@@ -149,6 +160,12 @@ class EksPlatform(Platform):
             ready=self._buckets,
         )
         return database.database, store
+
+    def aws_context(self) -> AwsContext:
+        if self._opts is None or self._key is None:
+            raise RuntimeError("EksPlatform.cluster() must be called before aws_context()")
+        s = self.settings
+        return AwsContext(self._opts, self._key.arn, s.region, s.prefix, s.log_retention_days)
 
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return self._identity(access).annotations

@@ -73,6 +73,18 @@ class GkeSettings:
     protect: bool
     labels: Mapping[str, str]
     dns: bool = False  # gateway.dns is set: Cloud DNS API on
+    vertex: bool = False  # serving.engine vertex: Vertex AI API on
+
+
+@dataclass(frozen=True)
+class GcpContext:
+    """What a managed Google service beside the cluster (Vertex AI endpoints) takes from the platform."""
+
+    opts: pulumi.ResourceOptions  # the stack's provider for the project and region
+    project: str
+    region: str
+    prefix: str  # of physical names
+    repository: gcp.artifactregistry.Repository  # where the stack pushes its images
 
 
 class ProjectApis(pulumi.ComponentResource):
@@ -103,7 +115,8 @@ class GkePlatform(Platform):
         # every resource goes through `gcp`, which exists only once the APIs are on (a component's
         # depends_on would not reach its children)
         bootstrap = gcp.Provider("gcp-apis", project=s.project, region=s.region)
-        apis = ProjectApis("apis", s.project, (*APIS, *(("dns",) if s.dns else ())),
+        apis = ProjectApis("apis", s.project, (*APIS, *(("dns",) if s.dns else ()),
+                                             *(("aiplatform",) if s.vertex else ())),
                            opts=pulumi.ResourceOptions(providers=[bootstrap]))
         provider = gcp.Provider("gcp", project=s.project, region=s.region, default_labels=dict(s.labels),
                                 opts=pulumi.ResourceOptions(depends_on=[apis]))
@@ -159,6 +172,12 @@ class GkePlatform(Platform):
             ready=self._buckets,
         )
         return database.database, store
+
+    def gcp_context(self) -> GcpContext:
+        if self._opts is None or self._registry is None:
+            raise RuntimeError("GkePlatform.cluster() must be called before gcp_context()")
+        s = self.settings
+        return GcpContext(self._opts, s.project, s.region, s.prefix, self._registry.repository)
 
     def identity_annotations(self, access: BucketAccess) -> Mapping[str, pulumi.Input[str]]:
         return self._identity(access).annotations
