@@ -246,6 +246,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from mlops import feedback
+
+    return feedback.run(args)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """The catalog (mlops/catalog.py): what each model endpoint says it serves."""
     from mlops import catalog
@@ -428,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
 
     drift_arguments(drift_cmd)
     drift_cmd.set_defaults(run=cmd_drift)
+
+    feedback_cmd = commands.add_parser("feedback", help="labels fed back by request id: send them, or score the "
+                                                        "served answers against them (accuracy/F1, Prometheus)")
+    from mlops.feedback import add_arguments as feedback_arguments
+
+    feedback_arguments(feedback_cmd)
+    feedback_cmd.set_defaults(run=cmd_feedback)
 
     catalog = commands.add_parser("models", help="served models: versions, endpoints, inputs/outputs (metadata)")
     catalog.add_argument("--tenant", help="only this tenant's models (`platform`: the platform's own)")

@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from infra.config.base import Image, Model, Resources, cron_expression
 from infra.config.evaluation import EVALUATION_IMAGE
+from infra.config.feedback import FeedbackConfig
 
 
 class ModelMonitoringConfig(Model):
@@ -24,6 +25,8 @@ class ModelMonitoringConfig(Model):
     experiment: str | None = Field(default=None, min_length=1, description="MLflow experiment of the model's "
                                    "training runs (the drift job reads their reference); default: the demo "
                                    "workload's that registers the model")
+    feedback: FeedbackConfig | None = Field(default=None, description="labels fed back by request id, scored "
+                                            "as accuracy/F1 (docs/decisions/0018-label-feedback.md); off when absent")
 
     @field_validator("drift_schedule")
     @classmethod

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
-import pulumi_kubernetes as k8s
 
-from modules import kube
 from modules.mlflow.users import MlflowPermission, MlflowUser
-from modules.monitoring.jobs import metric_cron_job, mlflow_env
-from modules.platform.contract import S3Credentials
+from modules.monitoring.jobs import SampleJobArgs, metric_cron_job, mlflow_env, store_env
 
 UID = 10001  # the evaluation image's non-root user
 COMPONENT = "monitoring"
@@ -38,27 +34,12 @@ def drift_mlflow_user(namespace: pulumi.Input[str], models: Mapping[str, str]) -
     return MlflowUser(MLFLOW_USER, namespace, MLFLOW_SECRET, tuple(permissions))
 
 
-@dataclass(frozen=True)
-class DriftArgs:
-    namespace: pulumi.Input[str]  # the platform namespace
-    image: pulumi.Input[str]
-    schedule: str
-    time_zone: str
-    model: str  # registered model name (the alerts' `model` label)
-    alias: str
-    log_uri: pulumi.Input[str]
-    window_hours: float
-    retention_days: int
+@dataclass(frozen=True, kw_only=True)
+class DriftArgs(SampleJobArgs):
     min_samples: int
     tracking_uri: pulumi.Input[str]
-    pushgateway_url: pulumi.Input[str]
-    resources: Mapping[str, Any]
     shadow: str | None = None  # the shadow candidate's alias: its agreement with `alias`
-    # static keys of the in-cluster store (and its endpoint); None: the cloud's workload identity
-    s3_credentials: S3Credentials | None = None
-    s3_endpoint: pulumi.Input[str] | None = None
     tracking_secret: str = MLFLOW_SECRET
-    deadline_seconds: int = 1800
 
 
 def command(args: DriftArgs) -> list[pulumi.Input[str]]:
@@ -75,19 +56,7 @@ class Drift(pulumi.ComponentResource):
     def __init__(self, name: str, args: DriftArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:monitoring:Drift", name, None, opts)
         env = mlflow_env(args.tracking_uri, args.tracking_secret)
-        if args.s3_endpoint is not None:
-            env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": args.s3_endpoint})
-        if args.s3_credentials is not None:
-            keys = k8s.core.v1.Secret(
-                f"{name}-store",
-                metadata=kube.metadata(f"{name}-store", args.namespace, COMPONENT),
-                type="Opaque",
-                string_data={"AWS_ACCESS_KEY_ID": pulumi.Output.secret(args.s3_credentials.access_key_id),
-                             "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(args.s3_credentials.secret_access_key)},
-                opts=kube.child(self),
-            )
-            env += [kube.secret_env(key, keys.metadata.name, key)
-                    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        env += store_env(self, name, args.namespace, COMPONENT, args.s3_credentials, args.s3_endpoint)
         container = {"name": "drift", "image": args.image, "command": command(args), "env": env,
                      "resources": dict(args.resources)}
         # MLflow downloads the reference (129 KiB) and the day objects through /tmp

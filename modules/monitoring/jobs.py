@@ -1,15 +1,37 @@
-"""What the platform's scheduled metric jobs (delivery, drift) share: an MLflow login from a Secret
-and a hardened CronJob that nothing calls."""
+"""What the platform's scheduled metric jobs (delivery, drift, feedback) share: an MLflow login from a
+Secret, the object-store keys of the request sample, and a hardened CronJob that nothing calls."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from modules import kube
+from modules.platform.contract import S3Credentials
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleJobArgs:
+    """What a scheduled job over one model's request sample is given (drift, feedback)."""
+    namespace: pulumi.Input[str]  # the platform namespace
+    image: pulumi.Input[str]
+    schedule: str
+    time_zone: str
+    model: str  # registered model name (the alerts' `model` label)
+    alias: str
+    log_uri: pulumi.Input[str]
+    window_hours: float
+    retention_days: int
+    pushgateway_url: pulumi.Input[str]
+    resources: Mapping[str, Any]
+    # static keys of the in-cluster store (and its endpoint); None: the cloud's workload identity
+    s3_credentials: S3Credentials | None = None
+    s3_endpoint: pulumi.Input[str] | None = None
+    deadline_seconds: int = 1800
 
 
 def mlflow_env(tracking_uri: pulumi.Input[str], secret: str) -> list[dict[str, Any]]:
@@ -18,6 +40,26 @@ def mlflow_env(tracking_uri: pulumi.Input[str], secret: str) -> list[dict[str, A
             kube.secret_env("MLFLOW_TRACKING_USERNAME", secret, "username"),
             kube.secret_env("MLFLOW_TRACKING_PASSWORD", secret, "password"),
             {"name": "HOME", "value": "/tmp"}]
+
+
+def store_env(parent: pulumi.Resource, name: str, namespace: pulumi.Input[str], component: str,
+              credentials: S3Credentials | None, endpoint: pulumi.Input[str] | None) -> list[dict[str, Any]]:
+    """How a job reaches the request sample: the in-cluster store's endpoint and the job's own keys
+    from a Secret `<name>-store`; neither on a cloud store with workload identity (None, None)."""
+    env: list[dict[str, Any]] = []
+    if endpoint is not None:
+        env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": endpoint})
+    if credentials is not None:
+        keys = k8s.core.v1.Secret(
+            f"{name}-store",
+            metadata=kube.metadata(f"{name}-store", namespace, component),
+            type="Opaque",
+            string_data={"AWS_ACCESS_KEY_ID": pulumi.Output.secret(credentials.access_key_id),
+                         "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(credentials.secret_access_key)},
+            opts=kube.child(parent),
+        )
+        env += [kube.secret_env(key, keys.metadata.name, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    return env
 
 
 def metric_cron_job(parent: pulumi.Resource, logical: str, app: str, namespace: pulumi.Input[str],

@@ -28,10 +28,13 @@ from sklearn.model_selection import train_test_split
 from workloads.common import lineage
 from workloads.common.tracking import CHALLENGER, CHAMPION, connect, first_champion_then_challenger, promote
 from workloads.mnist import data, model, pyfunc
+from workloads.mnist.serving import image_features
 
 EXPERIMENT = "mnist"
 MODEL_NAME = "mnist"
 SEED = 0
+REFERENCE_PATH = "reference/reference.json"  # mlops/drift.py REFERENCE_PATH
+REFERENCE_ROWS = 1000
 REQUIREMENTS = [f"torch=={version('torch').split('+')[0]}", f"numpy=={version('numpy')}",
                 f"mlflow-skinny=={version('mlflow-skinny')}"]
 
@@ -65,6 +68,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def reference(net: model.DigitCNN, images: np.ndarray, rows: int = REFERENCE_ROWS) -> dict:
+    """What the drift job compares the served sample with (docs/decisions/0017-drift-monitoring.md): the
+    two per-image features the server keeps (serving.image_features) of a seeded sample of the training
+    images, and the model's digit shares on them."""
+    pick = np.random.default_rng(SEED).choice(len(images), size=min(rows, len(images)), replace=False)
+    digits = model.probabilities(net, images[pick]).argmax(axis=1)
+    return {"rows": len(pick), "features": image_features(images[pick]),
+            "prediction_shares": {str(d): float(np.mean(digits == d)) for d in np.unique(digits)}}
+
+
 def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.TrainConfig(),
         exclude_digits: tuple[int, ...] = (), tracking_uri: str | None = None, register: bool = False,
         alias: str | None = None, params: dict | None = None) -> Outcome:  # fmt: skip
@@ -88,6 +101,7 @@ def run(train: data.Split, test: data.Split, config: model.TrainConfig = model.T
         test_accuracy = model.accuracy(net, test.X, test.y)
         digits = {d: model.accuracy(net, test.X[test.y == d], test.y[test.y == d]) for d in range(model.CLASSES)}
         mlflow.log_metrics({"test_accuracy": test_accuracy})
+        mlflow.log_dict(reference(net, train.X[keep]), REFERENCE_PATH)
         with pyfunc.weights_file(net) as weights, pyfunc.code_package() as code:
             info = mlflow.pyfunc.log_model(
                 name="model",
