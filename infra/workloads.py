@@ -55,7 +55,7 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
                       images: StackImages, opts: pulumi.ResourceOptions, after: list[pulumi.Resource],
                       pushers: Sequence[pulumi.Input[str]] = ()) -> Pushgateway | None:
     """Declare every enabled workload; `after` are what they need running first (MLflow, monitoring).
-    Returns the Pushgateway (energy only), which `pushers` may push to besides the workloads."""
+    Returns the Pushgateway (with energy or retraining), which `pushers` may push to besides the workloads."""
     w = config.workloads
     pushgateway = None
     if not w.any_enabled:
@@ -70,13 +70,15 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
                                tracking_uri=tracking_uri,
                                tracking_secret=tracking, timezone=w.time_zone, **extra)
 
-    if w.energy.enabled:
-        # the energy monitor pushes its daily MAPE to a Pushgateway (a CronJob is gone before a scrape)
+    if w.energy.enabled or w.retraining.enabled:
+        # the energy monitor pushes its daily MAPE, a retraining's gate its outcome (a Job is gone
+        # before a scrape)
         pushgateway = Pushgateway("pushgateway", PushgatewayArgs(
             namespace=monitoring_namespace, image=w.pushgateway_image.ref,
             resources=w.pushgateway_resources.to_k8s(), pusher_namespaces=[namespace, *pushers],
             monitoring_namespace=monitoring_namespace,
         ), opts=after_opts)
+    if w.energy.enabled:
         e = w.energy
         for warning in e.warnings():
             pulumi.log.warn(warning)
@@ -94,8 +96,12 @@ def declare_workloads(config: StackConfig, namespace: pulumi.Input[str], monitor
         MnistWorkload("mnist", MnistArgs(context=context("mnist", w.mnist.image), epochs=w.mnist.epochs),
                       opts=pulumi.ResourceOptions.merge(after_opts, templates.options("mnist")))
     if w.retraining.enabled:
-        _retraining(config, namespace, monitoring_namespace, images, templates, after_opts)
+        _retraining(config, namespace, monitoring_namespace, images, templates, pushgateway.url, after_opts)
     return pushgateway
+
+
+# new-data checks that need the workload's own code, run in its image (the rest: the receiver's image)
+NEW_DATA_IN_IMAGE = {"neo": ["python", "-m", "workloads.neo.data", "check"]}
 
 
 def retrained_models(config: StackConfig, templates: JobTemplates | None = None) -> list[RetrainedModel]:
@@ -107,17 +113,23 @@ def retrained_models(config: StackConfig, templates: JobTemplates | None = None)
             model=REGISTERED_MODELS[name], workload=name, job=templates.jobs[name] if templates else {},
             triggers=r.triggers, cooldown_minutes=r.cooldown_minutes, schedule=r.schedule,
             new_data_schedule=new.schedule if new else None,
-            new_data_command=["--min-rows", str(new.min_rows)] if new and new.min_rows else []))
+            new_data_command=["--min-rows", str(new.min_rows)] if new and new.min_rows else [],
+            new_data_workload_command=NEW_DATA_IN_IMAGE.get(name, []) if new else [],
+            promote=r.promote, promote_margin=r.promote_margin,
+            # energy's gate compares days of shadow forecasts: asked again daily, with the MAPE monitor
+            promote_schedule=config.workloads.energy.monitor_schedule if name == "energy" else None))
     return models
 
 
 def _retraining(config: StackConfig, namespace: pulumi.Input[str], monitoring_namespace: pulumi.Input[str],
-                images: StackImages, templates: JobTemplates, opts: pulumi.ResourceOptions) -> None:
+                images: StackImages, templates: JobTemplates, pushgateway_url: pulumi.Input[str],
+                opts: pulumi.ResourceOptions) -> None:
     r = config.workloads.retraining
     RetrainingTrigger("retraining", RetrainingArgs(
         namespace=namespace, monitoring_namespace=monitoring_namespace,
         image=images.ref("workloads.retraining.image", r.image), resources=r.resources.to_k8s(),
-        time_zone=config.workloads.time_zone, models=retrained_models(config, templates)), opts=opts)
+        time_zone=config.workloads.time_zone, models=retrained_models(config, templates),
+        pushgateway_url=pushgateway_url), opts=opts)
 
 
 def retraining_alerting(config: StackConfig, alerting: AlertingArgs) -> AlertingArgs:

@@ -9,44 +9,33 @@ creating Jobs in a local stand-in for the Kubernetes API (the only thing that ca
 
 from __future__ import annotations
 
-import copy
 import json
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
-import yaml
 
 from infra.images import local_builds
 from infra.settings import ConfigError, parse_stack_config
 from mlops.plan import Plan, run_program, stack_config
 from mlops.validate import _core_problems, validate_plan
 from modules.monitoring.alerting import CONFIG_NAME
+from modules.monitoring.pushgateway import PORT as PUSHGATEWAY_PORT
 from tests.footprint_measure import pss_mib
-from tests.services import free_port, stop, wait_http
-from tests.test_alerting import operator_config, post_alerts
-from tests.tools import require_tool
+from tests.retraining_stack import (NS, Endpoint, KubernetesStandIn, alertmanager_process, counter, http,
+                                    kubernetes_stand_in, models_config, receiver_process, wait_until)
+from tests.test_alerting import post_alerts
 
-ROOT = Path(__file__).resolve().parents[1]
-RECEIVER = ROOT / "modules" / "retraining" / "image" / "mlops_retrain.py"
-NS = "ml-workloads"
 DIGEST = "sha256:" + "ab" * 32
+# where every retraining's gate pushes its outcome (retraining_gate_timestamp_seconds)
+GATE_PUSH = {"name": "PUSHGATEWAY_URL", "value": f"http://pushgateway.monitoring.svc.cluster.local:{PUSHGATEWAY_PORT}"}
 WORKLOADS = {
     "energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab", "digest": DIGEST},
                "retrain": {"schedule": "0 3 * * 0", "newData": {"schedule": "30 10 * * *", "minRows": 720},
                            "qualityDrop": True, "drift": True, "cooldownMinutes": 120}},
     "neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/neo", "tag": "3f2c1ab", "digest": DIGEST},
-            "dataUrl": "https://data.example.org/nasa.csv", "retrain": {"qualityDrop": True}},
+            "dataUrl": "https://data.example.org/nasa.csv",
+            "retrain": {"qualityDrop": True, "newData": {"schedule": "0 7 * * *"}, "promoteMargin": 0.01}},
 }
 
 
@@ -55,10 +44,6 @@ def plan() -> Plan:
     values, secret_keys = stack_config("dev")
     return run_program("dev", ({**values, "mlops-stack:workloads": json.dumps(WORKLOADS)}, secret_keys),
                        reveal_secrets=True)
-
-
-def models_config(plan: Plan) -> dict[str, Any]:
-    return json.loads(plan.manifest("ConfigMap", "retraining-models", NS)["data"]["models.json"])
 
 
 # --- the plan -------------------------------------------------------------------------------------
@@ -77,7 +62,8 @@ def test_the_receiver_its_rbac_and_cronjobs_are_declared_and_validate(plan):
     assert {("Deployment", "retraining"), ("Service", "retraining"), ("ServiceAccount", "retraining"),
             ("Role", "retraining"), ("RoleBinding", "retraining"), ("ServiceMonitor", "retraining"),
             ("NetworkPolicy", "retraining-ingress"), ("ConfigMap", "retraining-models"),
-            ("CronJob", "energy-retrain-schedule"), ("CronJob", "energy-retrain-newdata")} <= names
+            ("CronJob", "energy-retrain-schedule"), ("CronJob", "energy-retrain-newdata"),
+            ("CronJob", "neo-retrain-newdata")} <= names
     assert ("CronJob", "neo-retrain-schedule") not in names  # neo retrains on its quality alert only
     report = validate_plan(plan, "1.34")
     assert report.ok, report.render()
@@ -90,6 +76,39 @@ def test_the_receiver_its_rbac_and_cronjobs_are_declared_and_validate(plan):
                                     "/trigger", "--model", "energy-forecast", "--min-rows", "720"]
     assert {e["name"] for e in check["env"]} >= {"DATABASE_URL", "MLFLOW_TRACKING_PASSWORD"}
     assert all("value" not in e for e in check["env"] if e["name"] in ("DATABASE_URL", "MLFLOW_TRACKING_PASSWORD"))
+
+
+def test_neos_new_data_check_runs_in_its_training_container(plan):
+    """The digest must be computed by the code that logged the champion's: the neo image, its env."""
+    cron = plan.manifest("CronJob", "neo-retrain-newdata", NS)["spec"]
+    assert cron["schedule"] == "0 7 * * *"
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    [check] = pod["containers"]
+    [train] = plan.manifest("Job", "neo-train", NS)["spec"]["template"]["spec"]["containers"]
+    assert check["image"] == train["image"] and check["env"] == train["env"]  # NEO_DATA, MLflow's Secret
+    assert check["command"] == ["python", "-m", "workloads.neo.data", "check", "--url",
+                                "http://retraining.ml-workloads.svc.cluster.local:8080/trigger", "--model", "NEOs"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+
+def test_energy_asks_its_shadow_gate_again_daily_for_a_retrained_challenger(plan):
+    """Right after a retraining the challenger has no shadow days: the gate is asked with the monitor."""
+    cron = plan.manifest("CronJob", "energy-retrain-promote", NS)["spec"]
+    assert cron["schedule"] == plan.manifest("CronJob", "energy-monitor", NS)["spec"]["schedule"]
+    [gate] = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    [train] = plan.manifest("Job", "energy-train", NS)["spec"]["template"]["spec"]["containers"]
+    assert gate["command"] == ["python", "-m", "workloads.common.retrained", "energy", "--pending"]
+    assert gate["image"] == train["image"]
+    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, GATE_PUSH]
+    assert ("CronJob", "neo-retrain-promote") not in {(o["kind"], o["metadata"]["name"]) for o in plan.kubernetes_objects}
+
+
+def test_without_energy_the_gate_still_has_a_pushgateway_to_report_to():
+    values, secret_keys = stack_config("dev")
+    workloads = {"neo": {**WORKLOADS["neo"], "retrain": {"schedule": "0 3 * * 0"}}}
+    plan = run_program("dev", ({**values, "mlops-stack:workloads": json.dumps(workloads)}, secret_keys))
+    assert plan.manifest("Deployment", "pushgateway", "monitoring")
+    [neo] = models_config(plan).values()
+    assert GATE_PUSH in neo["promote"]["env"]
 
 
 def test_the_role_grants_only_jobs_create_get_list_in_the_workloads_namespace(plan):
@@ -131,6 +150,9 @@ def dev_raw(workloads: dict[str, Any]) -> dict[str, Any]:
     ({"energy": {"retrain": {"newData": {"schedule": "0 6 * * *"}}}},
      "workloads.energy.retrain: .*newData.minRows is required"),
     ({"mnist": {"retrain": {"newData": {"schedule": "0 6 * * *"}}}}, "workloads.mnist.retrain: .*allowed null"),
+    ({"neo": {"retrain": {"newData": {"schedule": "0 6 * * *", "minRows": 10}}}},
+     "workloads.neo.retrain: .*minRows is 10.*allowed null"),
+    ({"neo": {"retrain": {"promoteMargin": -0.1}}}, "workloads.neo.retrain.promoteMargin: got -0.1"),
     ({"neo": {"retrain": {"schedule": "every day"}}}, "workloads.neo.retrain.schedule: got \"every day\""),
     ({"neo": {"retrain": {"cooldownMinutes": 20000}}}, "workloads.neo.retrain.cooldownMinutes: got 20000"),
 ])
@@ -142,160 +164,27 @@ def test_bad_retrain_config_names_the_key(workloads, error):
 # --- the receiver behind a real Alertmanager ------------------------------------------------------
 
 
-class KubernetesStandIn(ThreadingHTTPServer):
-    """The Jobs API of one namespace: records POSTed Jobs, answers label-selector lists; the next
-    `failures` POSTs answer 500 (an API server that is briefly down)."""
-
-    def __init__(self, port: int) -> None:
-        self.jobs: list[dict[str, Any]] = []
-        self.refused = 0
-        self.failures = 0
-        self.lock = threading.Lock()
-        server = self
-        path = f"/apis/batch/v1/namespaces/{NS}/jobs"
-
-        class Handler(BaseHTTPRequestHandler):
-            def _json(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                url = urlparse(self.path)
-                assert url.path == path, url.path
-                key, _, value = parse_qs(url.query)["labelSelector"][0].partition("=")
-                with server.lock:
-                    items = [j for j in server.jobs if j["metadata"]["labels"].get(key) == value]
-                self._json(200, {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items})
-
-            def do_POST(self) -> None:  # noqa: N802
-                assert urlparse(self.path).path == path, self.path
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    if server.failures:
-                        server.failures -= 1
-                        server.refused += 1
-                        return self._json(500, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                                "message": "etcdserver: request timed out", "code": 500})
-                    body["metadata"]["creationTimestamp"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-                    body["metadata"]["uid"] = f"uid-{len(server.jobs)}"
-                    server.jobs.append(body)
-                self._json(201, body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", port), Handler)
-
-    def of(self, model: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [j for j in self.jobs if j["metadata"]["labels"].get("mlops-stack/retrain-model") == model]
-
-    def complete(self, model: str) -> None:
-        with self.lock:
-            for j in self.jobs:
-                if j["metadata"]["labels"].get("mlops-stack/retrain-model") == model:
-                    j["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-
-
-def wait_until(found, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not found():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds}s: {what}")
-        time.sleep(0.1)
-
-
-def http(url: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[KubernetesStandIn]:
-    server = KubernetesStandIn(free_port())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-class Endpoint(str):
-    """A local server's URL, and the pid of its process."""
-
-    pid: int
+    with kubernetes_stand_in() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def receiver(plan, stand_in, tmp_path_factory) -> Iterator[Endpoint]:
-    """mlops_retrain.py serve with the plan's config, on 127.0.0.1."""
-    folder = tmp_path_factory.mktemp("retraining")
-    (folder / "models.json").write_text(json.dumps(models_config(plan)))
-    port = free_port()
-    log = (folder / "receiver.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, str(RECEIVER), "serve", "--config", str(folder / "models.json"), "--namespace", NS,
-         "--host", "127.0.0.1", "--port", str(port), "--api-server", f"http://127.0.0.1:{stand_in.server_address[1]}"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = Endpoint(f"http://127.0.0.1:{port}")
-    url.pid = process.pid
-    try:
-        try:
-            wait_http(f"{url}/healthz", timeout=60, process=process)
-        except (RuntimeError, TimeoutError):
-            print((folder / "receiver.log").read_text())
-            raise
+    with receiver_process(models_config(plan), stand_in.url, tmp_path_factory.mktemp("retraining")) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
 def alertmanager(plan, receiver, tmp_path_factory) -> Iterator[str]:
-    """A real Alertmanager running the plan's routing (as the operator writes it), the receiver's
-    in-cluster URL pointed at the local receiver and the group timers shortened."""
-    binary = require_tool("prometheus-alertmanager", "a real Alertmanager (Debian prometheus-alertmanager)")
-    folder = tmp_path_factory.mktemp("alertmanager")
-    spec = copy.deepcopy(plan.manifest("AlertmanagerConfig", CONFIG_NAME, "monitoring")["spec"])
-    spec["route"] |= {"groupWait": "1s", "groupInterval": "2s"}
-    config = yaml.safe_dump(operator_config(spec, {}), sort_keys=False)
-    config = config.replace("http://retraining.ml-workloads.svc.cluster.local:8080", receiver)
-    (folder / "alertmanager.yml").write_text(config)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={folder / 'alertmanager.yml'}", f"--storage.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=(folder / "alertmanager.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http(f"{url}/-/ready", timeout=60, process=process)
-        except (RuntimeError, TimeoutError):
-            print((folder / "alertmanager.log").read_text())
-            raise
+    with alertmanager_process(plan, receiver, tmp_path_factory.mktemp("alertmanager")) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def quality_alert(model: str, **labels: str) -> dict[str, str]:
     """ModelQualityDegraded as modules/monitoring/rules/quality.yaml produces it."""
     return {"alertname": "ModelQualityDegraded", "severity": "warning", "model": model, "metric": "mape", **labels}
-
-
-def counter(receiver: str, model: str, trigger: str, outcome: str) -> float:
-    text = http(f"{receiver}/metrics")[1]
-    line = f'retraining_triggers_total{{model="{model}",outcome="{outcome}",trigger="{trigger}"}} '
-    [value] = [row[len(line):] for row in text.splitlines() if row.startswith(line)]
-    return float(value)
 
 
 def test_a_quality_alert_starts_one_job_and_a_second_is_deduplicated(alertmanager, receiver, stand_in, plan):
@@ -306,11 +195,19 @@ def test_a_quality_alert_starts_one_job_and_a_second_is_deduplicated(alertmanage
         "metadata": {k: v for k, v in job["metadata"].items() if k not in ("creationTimestamp", "uid")}}, "1.34") == []
     assert job["metadata"]["name"].startswith("energy-train-qualitydrop-")
     assert job["metadata"]["labels"]["mlops-stack/retrain-trigger"] == "qualityDrop"
-    [train] = job["spec"]["template"]["spec"]["containers"]
-    assert {"name": "RETRAIN_TRIGGER", "value": "qualityDrop"} in train["env"]
+    # promote is on by default: the training runs first (an init container), then the gate
+    pod = job["spec"]["template"]["spec"]
     declared = plan.manifest("Job", "energy-train", NS)["spec"]["template"]["spec"]
-    assert [e for e in train["env"] if e["name"] != "RETRAIN_TRIGGER"] == declared["containers"][0]["env"]
-    assert job["spec"]["template"]["spec"]["initContainers"] == declared["initContainers"]
+    *init, train = pod["initContainers"]
+    assert init == declared["initContainers"] and train["command"] == declared["containers"][0]["command"]
+    name = job["metadata"]["name"]
+    ours = [{"name": "RETRAIN_TRIGGER", "value": "qualityDrop"}, {"name": "RETRAIN_JOB", "value": name},
+            {"name": "MLFLOW_RUN_CONTEXT", "value": json.dumps({"retrain.job": name})}]
+    assert train["env"] == [*declared["containers"][0]["env"], *ours]
+    [gate] = pod["containers"]
+    assert (gate["name"], gate["image"], gate["command"]) == (
+        "promote", train["image"], ["python", "-m", "workloads.common.retrained", "energy"])
+    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, GATE_PUSH]
 
     # a second alert of the same model (the challenger's) while that Job runs: no second Job
     post_alerts(alertmanager, quality_alert("energy-forecast", alias="challenger"))
@@ -340,6 +237,8 @@ def test_a_failing_api_answers_500_and_alertmanager_retries_until_the_job_exists
     post_alerts(alertmanager, quality_alert("NEOs", metric="f1", version="3"))
     wait_until(lambda: stand_in.of("NEOs"), "the NEOs Job after Alertmanager's retry")
     assert stand_in.refused == 1 and len(stand_in.of("NEOs")) == 1
+    [gate] = stand_in.of("NEOs")[0]["spec"]["template"]["spec"]["containers"]
+    assert gate["command"][-1] == "neo" and {"name": "PROMOTE_MARGIN", "value": "0.01"} in gate["env"]
     assert counter(receiver, "NEOs", "qualityDrop", "failed") == 1
     assert counter(receiver, "NEOs", "qualityDrop", "started") == 1
 

@@ -5,9 +5,13 @@ Each trigger ends at the same in-cluster receiver (modules/retraining), which st
 own training Job once at a time per model and not again within `cooldownMinutes`:
 - `schedule`: a CronJob that asks the receiver on that cron;
 - `newData`: a CronJob that checks for new data on its cron and asks the receiver when there is
-  some (energy only: `minRows` more readings than the champion was trained on);
+  some (energy: `minRows` more readings than the champion was trained on; neo: `dataUrl` no longer
+  holds the table the champion was trained on);
 - `qualityDrop`: Alertmanager delivers `ModelQualityDegraded` of the workload's model;
 - `drift`: Alertmanager delivers `ModelDrift` of the workload's model.
+
+`promote` adds the workload's own promotion gate after the training in the same Job (the pipeline's
+`ci/promote` code and margin), so a retrained challenger that beats the champion is promoted.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class NewDataConfig(Model):
     schedule: str = Field(description="cron of the new-data check (workloads.timeZone)")
     min_rows: int | None = Field(default=None, ge=1,
                                  description="energy (required): readings more than the champion was trained "
-                                             "on that start a retraining")
+                                             "on that start a retraining; neo: null (a changed file starts one)")
 
     @field_validator("schedule")
     @classmethod
@@ -39,12 +43,16 @@ class RetrainConfig(Model):
 
     schedule: str | None = Field(default=None, description="cron of scheduled retraining (workloads.timeZone); "
                                                            "null = none")
-    new_data: NewDataConfig | None = Field(default=None, description="retrain when new data arrived (energy only; "
-                                                                         "neo and mnist: null); null = never")
+    new_data: NewDataConfig | None = Field(default=None, description="retrain when new data arrived (energy and neo; "
+                                                                         "mnist: null); null = never")
     quality_drop: bool = Field(default=False, description="retrain when ModelQualityDegraded fires for the model")
     drift: bool = Field(default=False, description="retrain when ModelDrift fires for the model")
     cooldown_minutes: int = Field(default=360, ge=0, le=MAX_COOLDOWN_MINUTES,
                                   description="no new retraining within this long after the last one started")
+    promote: bool = Field(default=True, description="after a retraining, run the workload's promotion gate in the "
+                                                    "same Job: champion moves only if the challenger beats it")
+    promote_margin: float = Field(default=0.0, ge=0, description="the gate's margin (the pipeline's PROMOTE_MARGIN): "
+                                                                 "neo F1, mnist accuracy, energy MAPE (a fraction)")
 
     @field_validator("schedule")
     @classmethod
@@ -83,9 +91,9 @@ class EnergyRetrainConfig(RetrainConfig):
 class NeoRetrainConfig(RetrainConfig):
     @model_validator(mode="after")
     def _file(self) -> NeoRetrainConfig:
-        if self.new_data is not None:
-            raise ValueError("newData is set; neo's new-data check (a changed data file) is not built yet: "
-                             "allowed null (use schedule)")
+        if self.new_data is not None and self.new_data.min_rows is not None:
+            raise ValueError(f"newData.minRows is {self.new_data.min_rows}; neo retrains when dataUrl holds another "
+                             "table than the champion's (its digest), not on a row count: allowed null")
         return self
 
 

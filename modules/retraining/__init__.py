@@ -4,11 +4,16 @@
     retraining                Deployment + Service  mlops_retrain.py serve: POST /alerts (Alertmanager),
                                                     POST /trigger (CronJobs), GET /metrics
     <workload>-retrain-schedule  CronJob            POST {"trigger": "schedule"} on the workload's cron
-    <workload>-retrain-newdata   CronJob            check-<workload>: POST {"trigger": "newData"} when there is new data
+    <workload>-retrain-promote   CronJob            energy: the promotion gate again for a retrained challenger
+                                                    (`workloads.common.retrained energy --pending`)
+    <workload>-retrain-newdata   CronJob            the check: POST {"trigger": "newData"} when there is new data
+                                                    (energy: check-energy in this image; neo: the workload's
+                                                    image, `python -m workloads.neo.data check`)
 
 The Jobs it creates are the workload's training Job as the program declares it (`JobTemplates`
-records it while the workload component declares it), plus RETRAIN_TRIGGER in every container; its
-ServiceAccount may create, get and list Jobs in the workloads namespace and do nothing else. The
+records it while the workload component declares it), plus RETRAIN_TRIGGER in every container and,
+with `promote`, a last step running the workload's promotion gate (`workloads/common/retrained.py`);
+its ServiceAccount may create, get and list Jobs in the workloads namespace and do nothing else. The
 receiver's `retraining_triggers_total{model,trigger,outcome}` is scraped by a ServiceMonitor.
 """
 
@@ -36,6 +41,7 @@ SCRIPT = "/opt/mlops/mlops_retrain.py"
 # exactly what the receiver does with the Kubernetes API (mlops_retrain.py Retrainer)
 RULES = [{"api_groups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list"]}]
 JOB_TYPE = "kubernetes:batch/v1:Job"
+PROMOTE_MODULE = "workloads.common.retrained"  # in every workload image: the gate after a retraining
 CHECK_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DATABASE_URL", "HOME")
 MAPS = ("labels", "annotations")  # keys under these are data, not field names
 
@@ -80,6 +86,12 @@ class RetrainedModel:
     schedule: str | None = None  # cron of the schedule trigger
     new_data_schedule: str | None = None  # cron of the new-data check
     new_data_command: Sequence[str] = ()  # the check's arguments after --url/--model (e.g. --min-rows 720)
+    # the check in the workload's image (the template's container and env): its command before --url/--model
+    new_data_workload_command: Sequence[str] = ()
+    promote: bool = False  # a last step of the retraining Job runs the workload's promotion gate
+    promote_margin: float = 0.0  # its PROMOTE_MARGIN
+    # cron of a CronJob gating a retrained challenger again (energy: its gate needs days of shadow forecasts)
+    promote_schedule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,16 +104,33 @@ class RetrainingArgs:
     models: Sequence[RetrainedModel]
     check_resources: Mapping[str, Any] = field(default_factory=lambda: {
         "requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "384Mi"}})
+    pushgateway_url: pulumi.Input[str] | None = None  # the promote step pushes its outcome there
 
 
 def service_url(namespace: str) -> str:
     return f"http://{NAME}.{namespace}.svc.cluster.local:{PORT}"
 
 
-def _models_json(models: Sequence[RetrainedModel]) -> pulumi.Output[str]:
-    return pulumi.Output.all(*(m.job for m in models)).apply(lambda jobs: json.dumps(
+def _gate_env(m: RetrainedModel, pushgateway_url: pulumi.Input[str] | None) -> list[dict[str, Any]]:
+    """The gate's margin, and where it reports its outcome (`retraining_gate_timestamp_seconds`)."""
+    env = [{"name": "PROMOTE_MARGIN", "value": f"{m.promote_margin:g}"}]
+    if pushgateway_url is not None:
+        env.append({"name": "PUSHGATEWAY_URL", "value": pushgateway_url})
+    return env
+
+
+def promote_step(m: RetrainedModel, pushgateway_url: str | None = None) -> dict[str, Any] | None:
+    """What the receiver appends to the Job (mlops_retrain.job): the gate's command and environment."""
+    if not m.promote:
+        return None
+    return {"command": ["python", "-m", PROMOTE_MODULE, m.workload], "env": _gate_env(m, pushgateway_url)}
+
+
+def _models_json(models: Sequence[RetrainedModel], pushgateway_url: pulumi.Input[str] | None) -> pulumi.Output[str]:
+    return pulumi.Output.all(pushgateway_url, *(m.job for m in models)).apply(lambda values: json.dumps(
         {m.model: {"workload": m.workload, "triggers": list(m.triggers), "cooldownMinutes": m.cooldown_minutes,
-                   "job": j} for m, j in zip(models, jobs)}, sort_keys=True))
+                   "promote": promote_step(m, values[0]), "job": j} for m, j in zip(models, values[1:])},
+        sort_keys=True))
 
 
 class RetrainingTrigger(pulumi.ComponentResource):
@@ -111,7 +140,7 @@ class RetrainingTrigger(pulumi.ComponentResource):
         super().__init__("mlops:retraining:RetrainingTrigger", name, None, opts)
         if not args.models:
             raise ValueError("RetrainingTrigger: no model to retrain")
-        models = _models_json(args.models)
+        models = _models_json(args.models, args.pushgateway_url)
         config = k8s.core.v1.ConfigMap(
             f"{name}-models", metadata=kube.metadata(f"{NAME}-models", args.namespace, COMPONENT),
             data={CONFIG_KEY: models}, opts=kube.child(self))
@@ -131,10 +160,19 @@ class RetrainingTrigger(pulumi.ComponentResource):
                 self._cron(f"{name}-{m.workload}-schedule", f"{m.workload}-retrain-schedule", m.schedule, args,
                            ["trigger", "--url", self.url.apply(lambda u: f"{u}/trigger"), "--model", m.model,
                             "--trigger", "schedule", "--reason", f"schedule {m.schedule}"], [])
-            if m.new_data_schedule is not None:
+            if m.new_data_schedule is not None and m.new_data_workload_command:
+                self._workload_cron(f"{name}-{m.workload}-newdata", f"{m.workload}-retrain-newdata",
+                                    m.new_data_schedule, args, m.job, self.url.apply(lambda u: [
+                                        *m.new_data_workload_command, "--url", f"{u}/trigger", "--model", m.model]))
+            elif m.new_data_schedule is not None:
                 self._cron(f"{name}-{m.workload}-newdata", f"{m.workload}-retrain-newdata", m.new_data_schedule,
                            args, [f"check-{m.workload}", "--url", self.url.apply(lambda u: f"{u}/trigger"),
                                   "--model", m.model, *m.new_data_command], _check_env(m.job))
+            if m.promote and m.promote_schedule is not None:
+                self._workload_cron(f"{name}-{m.workload}-promote", f"{m.workload}-retrain-promote",
+                                    m.promote_schedule, args, m.job,
+                                    ["python", "-m", PROMOTE_MODULE, m.workload, "--pending"],
+                                    _gate_env(m, args.pushgateway_url))
         self.register_outputs({"url": self.url})
 
     def _receiver(self, name: str, args: RetrainingArgs, config: k8s.core.v1.ConfigMap,
@@ -189,9 +227,26 @@ class RetrainingTrigger(pulumi.ComponentResource):
 
     def _cron(self, logical: str, app: str, schedule: str, args: RetrainingArgs, command: list[Any],
               env: pulumi.Input[list[dict[str, Any]]]) -> None:
+        """A CronJob running this image's `command` (the schedule trigger, energy's new-data check)."""
         container = {"name": "trigger", "image": args.image, "command": ["python", SCRIPT, *command], "env": env,
                      "resources": dict(args.check_resources), "security_context": kube.CONTAINER_SECURITY,
                      "volume_mounts": [{"name": "tmp", "mount_path": "/tmp"}]}
+        self._cron_of(logical, app, schedule, args, {
+            "restart_policy": "Never", "automount_service_account_token": False,
+            "security_context": kube.pod_security(UID), "containers": [container],
+            "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "64Mi"}}]})
+
+    def _workload_cron(self, logical: str, app: str, schedule: str, args: RetrainingArgs,
+                       job: pulumi.Input[Mapping[str, Any]], command: pulumi.Input[list[str]],
+                       env: pulumi.Input[Sequence[dict[str, Any]]] = ()) -> None:
+        """A CronJob running `command` in the training Job's own container (image, env + `env`, user,
+        volumes): what needs the workload's code (neo: the digest of its table as training computes
+        it; energy: its promotion gate)."""
+        self._cron_of(logical, app, schedule, args, pulumi.Output.all(job, command, env).apply(
+            lambda jce: check_pod(jce[0], jce[1], args.check_resources, jce[2])))
+
+    def _cron_of(self, logical: str, app: str, schedule: str, args: RetrainingArgs,
+                 pod: pulumi.Input[Mapping[str, Any]]) -> None:
         k8s.batch.v1.CronJob(
             logical, metadata=kube.metadata(app, args.namespace, COMPONENT),
             spec={
@@ -199,12 +254,21 @@ class RetrainingTrigger(pulumi.ComponentResource):
                 "concurrency_policy": "Forbid", "starting_deadline_seconds": 3600,
                 "successful_jobs_history_limit": 1, "failed_jobs_history_limit": 3,
                 "job_template": {"spec": {"backoff_limit": 3, "active_deadline_seconds": 900, "template": {
-                    "metadata": {"labels": kube.labels(app, COMPONENT)},
-                    "spec": {"restart_policy": "Never", "automount_service_account_token": False,
-                             "security_context": kube.pod_security(UID), "containers": [container],
-                             "volumes": [{"name": "tmp", "empty_dir": {"size_limit": "64Mi"}}]}}}},
+                    "metadata": {"labels": kube.labels(app, COMPONENT)}, "spec": pod}}},
             },
             opts=kube.child(self))
+
+
+def check_pod(job: Mapping[str, Any], command: Sequence[str], resources: Mapping[str, Any],
+              env: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    """The training Job's pod (API spelling) with one container: its first, running `command`."""
+    pod = job["spec"]["template"]["spec"]
+    first = pod["containers"][0]
+    container = {**first, "name": "check", "command": list(command), "resources": dict(resources),
+                 "env": [*first.get("env", []), *env]}
+    keep = ("securityContext", "serviceAccountName", "volumes")
+    return {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container],
+            **{k: pod[k] for k in keep if k in pod}}
 
 
 def _check_env(job: pulumi.Input[Mapping[str, Any]]) -> pulumi.Output[list[dict[str, Any]]]:

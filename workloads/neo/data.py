@@ -19,12 +19,19 @@ constant columns that carry no signal. Preprocessing, as in the source thesis:
 On the published table (4,687 rows) this leaves 22 numeric features, the count the source reports
 (it kept `Orbit ID` and the rounded epoch instead of the two date features). Column names become
 snake_case so that serving payloads need no quoting.
+
+`python -m workloads.neo.data check --url <receiver>/trigger --model NEOs` is the retraining's
+new-data check (docs/decisions/0016-retraining-trigger.md): it asks for a `newData` retraining when
+the table at $NEO_DATA is not the one the champion was trained on (its digest, as training logs it).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +55,7 @@ _JD_UNIX_EPOCH = 2440587.5  # Julian date of 1970-01-01T00:00 UTC
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = _REPO_ROOT.parent / "shared" / "data" / "neo" / "nasa.csv"
 ENV_VAR = "NEO_DATA"
+DATASET = "nasa"  # the name train.py logs the table under: its run's tag lineage.dataset.nasa.digest
 
 
 def default_source() -> str:
@@ -137,3 +145,60 @@ def _target(column: pd.Series) -> pd.Series:
     if not bad.empty:
         raise ValueError(f"column {TARGET!r}: expected true/false, got {column[bad.index[0]]!r}")
     return (text == "true").astype(int).rename("hazardous")
+
+
+def digest(source: str) -> str:
+    """SHA-256 of the table at `source` as a training run logs it (workloads/common/lineage.py)."""
+    from workloads.common import lineage
+
+    return hashlib.sha256(lineage._table_bytes(load(source))).hexdigest()
+
+
+def champion_digest(model: str) -> tuple[str, str | None] | None:
+    """(champion version, the digest of the table its run trained on), None without a champion."""
+    from mlflow import MlflowClient
+
+    from workloads.common import promotion
+    from workloads.common.tracking import CHAMPION
+
+    client = MlflowClient()
+    champion = promotion.version_of(client, model, CHAMPION)
+    if champion is None:
+        return None
+    return champion.version, client.get_run(champion.run_id).data.tags.get(f"lineage.dataset.{DATASET}.digest")
+
+
+def check(source: str, url: str, model: str) -> int:
+    """POST a newData trigger to `url` when the table at `source` is not the champion's; 1 if that failed."""
+    from workloads.common import hooks
+
+    trained = champion_digest(model)
+    if trained is None:
+        print(f"{model} has no champion yet: its first training is the Job's, not a retraining")
+        return 0
+    version, old = trained
+    new = digest(source)
+    if new == old:
+        print(f"{source}: digest {new[:12]}, the table champion v{version} was trained on: no new data")
+        return 0
+    reason = f"{source}: digest {new[:12]}, champion v{version} was trained on {(old or 'an unrecorded table')[:12]}"
+    try:
+        print(hooks.post_json(url, {"model": model, "trigger": "newData", "reason": reason}))
+    except hooks.HookError as error:  # the receiver down or refusing: the CronJob's pod fails and is retried
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workloads.neo.data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser("check", help="ask the retraining receiver for newData when $NEO_DATA changed")
+    c.add_argument("--url", required=True, help="the retraining receiver's /trigger")
+    c.add_argument("--model", required=True, help="the registered model (NEOs)")
+    args = parser.parse_args(argv)
+    return check(default_source(), args.url, args.model)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

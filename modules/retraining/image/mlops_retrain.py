@@ -7,10 +7,13 @@
                   trained on (its run's lineage tag lineage.dataset.consumption.rows)
 
 For each trigger the receiver creates the model's training Job from the template the Pulumi program
-rendered (--config: {model: {"triggers", "cooldownMinutes", "job"}}), with RETRAIN_TRIGGER=<kind> in
-every container, unless a Job of that template is still running (deduplicated) or one started less
-than cooldownMinutes ago (cooling_down). One lock serialises the decisions: one replica, one writer.
-A failure to reach the Kubernetes API answers 500, so Alertmanager (or the CronJob) tries again.
+rendered (--config: {model: {"triggers", "cooldownMinutes", "promote", "job"}}), with
+RETRAIN_TRIGGER=<kind>, RETRAIN_JOB=<its name> and MLFLOW_RUN_CONTEXT (the run tag retrain.job=<its
+name>) in every container and, when "promote" is set, the training containers first (as init
+containers) and a `promote` container running the workload's gate after them, unless a Job of that
+template is still running (deduplicated) or one started less than cooldownMinutes ago (cooling_down).
+One lock serialises the decisions: one replica, one writer. A failure to reach the Kubernetes API
+answers 500, so Alertmanager (or the CronJob) tries again.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ NAME_LABEL = "app.kubernetes.io/name"  # the template's own label: selects the P
 MODEL_LABEL = "mlops-stack/retrain-model"
 TRIGGER_LABEL = "mlops-stack/retrain-trigger"
 REASON_ANNOTATION = "mlops-stack/retrain-reason"
+RUN_TAG_JOB = "retrain.job"  # the training run's tag naming the Job: the promote step gates only that run's version
 TTL_SECONDS = 7 * 24 * 3600  # kept a week: the cool-down reads the last start (infra/config/retraining.py)
 
 
@@ -78,7 +82,8 @@ class Retrainer:
             starts = [j.metadata.creation_timestamp for j in jobs if j.metadata.creation_timestamp]
             if starts and now - max(starts) < dt.timedelta(minutes=spec["cooldownMinutes"]):
                 return "cooling_down"
-            self.batch.create_namespaced_job(self.namespace, job(template, model, trigger, reason, now))
+            self.batch.create_namespaced_job(self.namespace, job(template, model, trigger, reason, now,
+                                                                 spec.get("promote")))
         except Exception:  # the API unreachable, refusing, or answering nonsense: try again later
             log.exception("model=%s trigger=%s: Kubernetes API", model, trigger)
             return "failed"
@@ -91,21 +96,32 @@ def _running(j: Any) -> bool:
     return not any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
 
 
-def job(template: Mapping[str, Any], model: str, trigger: str, reason: str, now: dt.datetime) -> dict[str, Any]:
-    """The template as a new Job: its name + trigger + time, the trigger in labels and env."""
+def job(template: Mapping[str, Any], model: str, trigger: str, reason: str, now: dt.datetime,
+        promote: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The template as a new Job: its name + trigger + time, the trigger in labels and env; with
+    `promote` ({"command", "env"}) the training containers become init containers, so the gate
+    (in the last training container's image and env) runs only once the training succeeded."""
     body = copy.deepcopy(dict(template))
     meta = body["metadata"]
+    name = f"{meta['name']}-{trigger.lower()}-{now:%Y%m%d%H%M%S}"
     body["metadata"] = {
-        "name": f"{meta['name']}-{trigger.lower()}-{now:%Y%m%d%H%M%S}",
+        "name": name,
         "namespace": meta["namespace"],
         "labels": {**meta.get("labels", {}), MODEL_LABEL: model, TRIGGER_LABEL: trigger},
         "annotations": {REASON_ANNOTATION: reason[:1000]},
     }
     body["spec"]["ttlSecondsAfterFinished"] = TTL_SECONDS
     pod = body["spec"]["template"]["spec"]
+    ours = {"RETRAIN_TRIGGER": trigger, "RETRAIN_JOB": name, "MLFLOW_RUN_CONTEXT": json.dumps({RUN_TAG_JOB: name})}
     for container in pod["containers"]:
-        env = [e for e in container.get("env", []) if e["name"] != "RETRAIN_TRIGGER"]
-        container["env"] = [*env, {"name": "RETRAIN_TRIGGER", "value": trigger}]
+        env = [e for e in container.get("env", []) if e["name"] not in ours]
+        container["env"] = [*env, *({"name": k, "value": v} for k, v in ours.items())]
+    if promote:
+        last = pod["containers"][-1]
+        env = [e for e in last["env"] if e["name"] not in {e["name"] for e in promote["env"]}]
+        gate = {**last, "name": "promote", "command": list(promote["command"]), "env": [*env, *promote["env"]]}
+        pod["initContainers"] = [*pod.get("initContainers", []), *pod["containers"]]
+        pod["containers"] = [gate]
     return body
 
 
