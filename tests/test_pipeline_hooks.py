@@ -1,21 +1,28 @@
 """The model pipeline's hooks, run exactly as its jobs run them (the executable, from the
 repository root, with the pipeline's environment) against a real MLflow server (PostgreSQL + S3
 API, basic auth), MLServer for the served endpoint and PostgreSQL for energy's tables:
-register → challenger with lineage; promote only a better challenger; rollback; smoke."""
+register → challenger with lineage; promote only a better challenger; rollback; smoke; and mnist's
+withheld zero through one served endpoint that follows `champion` as the hooks move it."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from tests.runtimes import mlserver, seldon_wrapper
@@ -58,8 +65,12 @@ def tracking(server) -> dict[str, str]:
 
 
 def hook(services, tmp_path: Path, workload: str, step: str, **env: str) -> subprocess.CompletedProcess:
-    """`workloads/<workload>/ci/<step>` with the environment the pipeline's job gives it."""
-    _, server = services
+    return run_hook(services[1], tmp_path, workload, step, **env)
+
+
+def run_hook(server, tmp_path: Path, workload: str, step: str, **env: str) -> subprocess.CompletedProcess:
+    """`workloads/<workload>/ci/<step>` with the environment the pipeline's job gives it, against
+    the MLflow server `server`; the step's outputs (`$GITHUB_OUTPUT`) in `.outputs`."""
     output = tmp_path / f"github-output-{workload}-{step}"
     output.write_text("")
     base = {k: v for k, v in os.environ.items()
@@ -84,8 +95,46 @@ def alias(client: MlflowClient, model: str, name: str) -> str | None:
     return version.version if version else None
 
 
-@pytest.fixture(scope="module")
-def neo_tables(tmp_path_factory):
+class Traffic:
+    """Requests sent back to back from a thread while a test moves aliases: every answer's time,
+    status and the version it reports (`version(body)`), so a switch is seen without a failure."""
+
+    def __init__(self, send: Callable[[], requests.Response], version: Callable[[dict[str, Any]], str | None]) -> None:
+        self.send, self.version = send, version
+        self.answers: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                response = self.send()
+                version = self.version(response.json()) if response.status_code == 200 else None
+                self.answers.append((time.monotonic(), response.status_code, version))
+            except requests.RequestException:
+                self.answers.append((time.monotonic(), 0, None))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for _, status, _ in self.answers if status != 200)
+
+    def first(self, version: str) -> float | None:
+        return next((t for t, status, v in self.answers if status == 200 and v == version), None)
+
+    def sequence(self) -> list[str | None]:
+        """The versions answered, one entry per switch."""
+        return [v for v, _ in itertools.groupby(v for _, _, v in self.answers)]
+
+
+def write_neo_tables(folder: Path) -> tuple[Path, Path]:
     """400 rows of the NASA table, and the same rows with their labels shuffled (nothing to learn)."""
     raw = pd.read_csv(nasa_csv())
     rows = pd.concat([raw[raw["Hazardous"]].sample(80, random_state=0),
@@ -93,10 +142,14 @@ def neo_tables(tmp_path_factory):
     crippled = rows.copy()
     rng = np.random.default_rng(0)
     crippled["Hazardous"] = rng.permutation(crippled["Hazardous"].to_numpy())
-    folder = tmp_path_factory.mktemp("neo")
     rows.to_csv(folder / "good.csv", index=False)
     crippled.to_csv(folder / "crippled.csv", index=False)
     return folder / "good.csv", folder / "crippled.csv"
+
+
+@pytest.fixture(scope="module")
+def neo_tables(tmp_path_factory):
+    return write_neo_tables(tmp_path_factory.mktemp("neo"))
 
 
 def test_neo_register_gate_promote_rollback_lineage_and_smoke(services, client, neo_tables, tmp_path):
@@ -171,32 +224,68 @@ def test_neo_register_gate_promote_rollback_lineage_and_smoke(services, client, 
     assert again.returncode == 1 and "no earlier champion" in again.stderr
 
 
-def test_mnist_blind_champion_replaced_then_rolled_back_by_the_hooks(services, client, tmp_path):
-    quick = {"MNIST_SOURCE": "sample", "MNIST_EPOCHS": "1", "MNIST_TRAIN_LIMIT": "1500"}
-    blind = ok(hook(services, tmp_path, "mnist", "register", MNIST_EXCLUDE_DIGITS="0 1 2 3 4", **quick))
-    ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=blind.outputs["model-version"]))
-    seeing = ok(hook(services, tmp_path, "mnist", "register", **quick)).outputs["model-version"]
+def held_out_zeros() -> np.ndarray:
+    """The zeros of the sample's test split: no training run of these tests sees them."""
+    from workloads.mnist import train  # torch: imported by the test that needs it
+
+    _, test = train.splits("sample", "")
+    return test.X[test.y == 0]
+
+
+def seldon_version(reply: dict[str, Any]) -> str | None:
+    return (reply.get("meta") or {}).get("tags", {}).get("model_version")
+
+
+def test_mnist_withheld_zero_story_on_one_served_endpoint(services, client, tmp_path):
+    """The source's story through the mnist image's server (Seldon's Python wrapper) following
+    `mnist@champion`: blind to zeros over HTTP, the hooks promote the retrained challenger, the
+    same endpoint recognises zeros, and a rollback brings the blind one back, no request failing."""
+    blind = ok(hook(services, tmp_path, "mnist", "register", MNIST_SOURCE="sample", MNIST_EPOCHS="1",
+                    MNIST_TRAIN_LIMIT="1500", MNIST_EXCLUDE_DIGITS="0 1 2 3 4")).outputs["model-version"]
+    ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=blind))
+    seeing = ok(hook(services, tmp_path, "mnist", "register", MNIST_SOURCE="sample",
+                     MNIST_EPOCHS="2")).outputs["model-version"]
     ok(hook(services, tmp_path, "mnist", "deploy", MODEL_VERSION=seeing))
-    # the blind champion served by the mnist image's server (Seldon's Python wrapper) from the registry
+    zeros = held_out_zeros()
     with seldon_wrapper("workloads.mnist.serving.MnistClassifier",
-                        {"MODEL_URI": "models:/mnist@champion", **tracking(services[1])}) as url:
+                        {"MODEL_URI": "models:/mnist@champion", "MODEL_POLL_SECONDS": "2", **tracking(services[1])}) as url:
+        predictions = f"{url}/api/v1.0/predictions"
         outputs = tmp_path / "outputs.json"
-        outputs.write_text(json.dumps({"modelUrls": {"mnist": f"{url}/api/v1.0/predictions"}}))
-        smoke = ok(hook(services, tmp_path, "mnist", "smoke", SMOKE_MIN_ACCURACY="0.5", STACK_OUTPUTS=str(outputs)))
-        assert "(in-process)" in smoke.stdout and f"(champion v{blind.outputs['model-version']})" in smoke.stdout
-        served = hook(services, tmp_path, "mnist", "smoke", MODEL_ROLE="champion", SMOKE_MIN_ACCURACY="0.9",
-                      STACK_OUTPUTS=str(outputs))
+        outputs.write_text(json.dumps({"modelUrls": {"mnist": predictions}}))
+
+        def smoke(**env: str) -> subprocess.CompletedProcess:
+            return hook(services, tmp_path, "mnist", "smoke", STACK_OUTPUTS=str(outputs), SMOKE_TIMEOUT="120", **env)
+
+        def zero_share() -> tuple[float, str | None]:
+            reply = requests.post(predictions, json={"data": {"ndarray": zeros.tolist()}}, timeout=60).json()
+            return float(np.mean(np.array(reply["jsonData"]["digits"]) == 0)), seldon_version(reply)
+
+        assert zero_share() == (0.0, blind)  # never saw a 0: never says 0
+        challenger_smoke = ok(smoke(SMOKE_MIN_ACCURACY="0.5"))
+        assert "(in-process)" in challenger_smoke.stdout and f"(champion v{blind})" in challenger_smoke.stdout
+        served = smoke(MODEL_ROLE="champion", SMOKE_MIN_ACCURACY="0.9")
         assert served.returncode == 1 and "at least 0.90 required" in served.stdout  # the blind one fails
-    ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=seeing))
-    assert alias(client, "mnist", "champion") == seeing
+
+        with Traffic(lambda: requests.post(predictions, json={"data": {"ndarray": zeros[:2].tolist()}}, timeout=30),
+                     seldon_version) as traffic:
+            ok(hook(services, tmp_path, "mnist", "promote", MODEL_VERSION=seeing))
+            assert f"(champion v{seeing})" in ok(smoke(MODEL_ROLE="champion")).stdout  # waits for the switch
+            share, version = zero_share()
+            assert version == seeing and share >= 0.95, (version, share)
+            rolled = ok(hook(services, tmp_path, "mnist", "rollback"))
+            assert rolled.outputs["model-version"] == blind
+            assert f"(champion v{blind})" in ok(smoke(MODEL_ROLE="champion", SMOKE_MIN_ACCURACY="0")).stdout
+            assert zero_share() == (0.0, blind)
+        assert traffic.failed == 0, [a for a in traffic.answers if a[1] != 200][:5]
+        assert traffic.sequence()[-3:] == [blind, seeing, blind], traffic.sequence()
+    assert alias(client, "mnist", "champion") == blind
+    assert client.get_model_version("mnist", seeing).tags[promotion.ROLLED_BACK_TAG]
     run = client.get_run(client.get_model_version("mnist", seeing).run_id)
     contexts = {i.dataset.name: [t.value for t in i.tags if t.key == "mlflow.data.context"] for i in run.inputs.dataset_inputs}
     assert contexts == {"train": ["training"], "test": ["evaluation"]}
-    assert run.data.tags["lineage.dataset.train.rows"] == "1500"
-    rolled = ok(hook(services, tmp_path, "mnist", "rollback"))
-    assert rolled.outputs["model-version"] == blind.outputs["model-version"]
-    assert alias(client, "mnist", "champion") == blind.outputs["model-version"]
-    assert client.get_model_version("mnist", seeing).tags[promotion.ROLLED_BACK_TAG]
+    assert run.data.tags["lineage.dataset.train.rows"] == "4000"
+    blind_rows = client.get_run(client.get_model_version("mnist", blind).run_id).data.tags["lineage.dataset.train.rows"]
+    assert 0 < int(blind_rows) < 1500  # what it was trained on: the first 1,500 images without 0-4
 
 
 def _shadow_days(url: str, readings: pd.DataFrame, days: list[pd.Timestamp]) -> None:

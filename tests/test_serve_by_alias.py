@@ -4,17 +4,22 @@ Plan: an alias model is a custom MLServer container (V2) with no storage initial
 Secret and the read-only MLflow user's Secret; it passes `mlops validate` checks; bad wiring is
 rejected. Processes: NEO trained and registered on the real MLflow server (PostgreSQL + S3 API),
 MLServer started with the plan's container env; it serves `champion`, follows the alias to a new
-version with no failed request, and keeps serving when the alias points at a broken version.
+version with no failed request, and keeps serving when the alias points at a broken version. Then
+the neo pipeline's hooks drive that same server: a retrained challenger passes the gate and is
+served, a worse one is refused, `mlops rollback` brings the old one back, with no failed request.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +35,9 @@ from mlflow.exceptions import MlflowException
 from infra.settings import ConfigError, parse_stack_config
 from mlops.plan import Plan, run_program, stack_config
 from modules.serving.seldon import ALIAS_RUNTIME, validate_seldon_deployment
+from tests import test_pipeline_hooks as pipeline
 from tests.runtimes import EnvServer, mlserver_from_env
-from tests.services import mlflow_server, postgres, s3_api
+from tests.services import MlflowServer, mlflow_server, postgres, s3_api
 from workloads.neo import data as neo_data
 from workloads.neo import model as neo_model
 from workloads.neo import payload
@@ -211,6 +217,7 @@ def resolved_env(container: dict[str, Any], tracking_uri: str, secrets: dict[str
 
 @dataclass
 class Registry:
+    server: MlflowServer
     url: str
     admin: MlflowClient
     s3_endpoint: str
@@ -224,19 +231,25 @@ def neo_result():
     return neo_model.train_and_select(prepared)
 
 
-@pytest.fixture(scope="module")
-def registry(neo_result, monkeypatch_module) -> Iterator[Registry]:
+@contextmanager
+def registry_services() -> Iterator[Registry]:
+    """PostgreSQL, the S3 API and the platform's MLflow server, with the read-only user `READER`."""
     with postgres(("mlruns", "mlflow_auth")) as db, s3_api(("mlflow-artifacts",)) as s3, \
             mlflow_server(db, s3, "mlflow-artifacts") as server:
-        monkeypatch_module.setenv("MLFLOW_TRACKING_USERNAME", server.username)
-        monkeypatch_module.setenv("MLFLOW_TRACKING_PASSWORD", server.password)
-        mlflow.set_tracking_uri(server.url)
-        auth = (server.username, server.password)
-        created = requests.post(f"{server.url}/api/2.0/mlflow/users/create", auth=auth, timeout=30,
+        created = requests.post(f"{server.url}/api/2.0/mlflow/users/create", timeout=30,
+                                auth=(server.username, server.password),
                                 json={"username": READER[0], "password": READER[1]})
         assert created.status_code == 200, created.text
+        yield Registry(server, server.url, MlflowClient(server.url), s3, "mlflow-artifacts")
+
+
+@pytest.fixture(scope="module")
+def registry(neo_result, monkeypatch_module) -> Iterator[Registry]:
+    with registry_services() as reg:
+        monkeypatch_module.setenv("MLFLOW_TRACKING_USERNAME", reg.server.username)
+        monkeypatch_module.setenv("MLFLOW_TRACKING_PASSWORD", reg.server.password)
+        mlflow.set_tracking_uri(reg.url)
         mlflow.set_experiment("Hazardous_NEOs")
-        reg = Registry(server.url, MlflowClient(server.url), s3, "mlflow-artifacts")
         for _ in range(2):
             reg.versions.append(_register(neo_result))
         yield reg
@@ -255,13 +268,21 @@ def monkeypatch_module():
         yield patch
 
 
-@pytest.fixture(scope="module")
-def served(plan, registry) -> Iterator[EnvServer]:
-    registry.admin.set_registered_model_alias(MODEL_NAME, "champion", registry.versions[0])
+@contextmanager
+def alias_server(plan: Plan, registry: Registry) -> Iterator[EnvServer]:
+    """MLServer started with the env of the plan's `neo` champion container, the reader's login
+    and the local MLflow: it serves `NEOs@champion` and follows it."""
     container = _container(plan.manifest("SeldonDeployment", "neo", "serving"))
     secrets = {"mlflow-model-reader": {"username": READER[0], "password": READER[1]}}
     env = {**resolved_env(container, registry.url, secrets), **operator_env(container)}
     with mlserver_from_env(env, container["readinessProbe"]["httpGet"]["path"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def served(plan, registry) -> Iterator[EnvServer]:
+    registry.admin.set_registered_model_alias(MODEL_NAME, "champion", registry.versions[0])
+    with alias_server(plan, registry) as server:
         yield server
 
 
@@ -278,38 +299,9 @@ def _metric(server: EnvServer, name: str, **labels: str) -> float | None:
     return None
 
 
-class Traffic:
-    """Requests sent back to back from a thread: every answer's status and model_version."""
-
-    def __init__(self, url: str, rows) -> None:
-        self.url, self.rows = url, rows
-        self.answers: list[tuple[float, int, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                response = _infer(self.url, self.rows)
-                version = response.json().get("model_version") if response.status_code == 200 else None
-                self.answers.append((time.monotonic(), response.status_code, version))
-            except requests.RequestException:
-                self.answers.append((time.monotonic(), 0, None))
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for _, status, _ in self.answers if status != 200)
-
-    def first(self, version: str) -> float | None:
-        return next((t for t, status, v in self.answers if status == 200 and v == version), None)
+def neo_traffic(server: EnvServer, rows) -> pipeline.Traffic:
+    """V2 requests of `rows` back to back; the version is the answer's `model_version`."""
+    return pipeline.Traffic(lambda: _infer(server.url, rows), lambda body: body.get("model_version"))
 
 
 def _until(predicate, timeout: float) -> bool:
@@ -351,7 +343,7 @@ def test_serves_the_champion_and_reports_its_version(served, registry, neo_resul
 @pytest.mark.integration
 def test_moving_the_alias_rolls_out_with_no_failed_request(served, registry, neo_result):
     old, new = registry.versions
-    with Traffic(served.url, neo_result.X_test.head(5)) as traffic:
+    with neo_traffic(served, neo_result.X_test.head(5)) as traffic:
         assert _until(lambda: len(traffic.answers) >= 5, 30)
         moved = time.monotonic()
         registry.admin.set_registered_model_alias(MODEL_NAME, "champion", new)
@@ -393,7 +385,7 @@ def test_a_broken_version_keeps_the_old_one_serving_and_counts_a_failure(served,
     serving = requests.get(f"{served.url}/v2/models/model", timeout=10).json()["versions"][0]
     broken = _corrupt_version(registry, neo_result)
     before = _metric(served, "mlops_model_load_failures_total", stage="load")
-    with Traffic(served.url, neo_result.X_test.head(5)) as traffic:
+    with neo_traffic(served, neo_result.X_test.head(5)) as traffic:
         registry.admin.set_registered_model_alias(MODEL_NAME, "champion", broken)
         counted = _until(lambda: _metric(served, "mlops_model_load_failures_total", stage="load") > before,
                          POLL_SECONDS + LOAD_BUDGET)
@@ -403,3 +395,74 @@ def test_a_broken_version_keeps_the_old_one_serving_and_counts_a_failure(served,
     assert requests.get(f"{served.url}/v2/models/model", timeout=10).json()["versions"] == [serving]
     assert _metric(served, "mlops_model_version_info", version=serving) == 1
     assert f"models:/{MODEL_NAME}/{broken}" in served.log.read_text()  # the log says which version failed
+
+
+# ------------------------------------------------------- the pipeline's hooks drive the same server
+
+neo_tables = pipeline.neo_tables  # 400 NASA rows, and the same rows with shuffled labels
+
+
+def _served_version(url: str) -> str:
+    return requests.get(f"{url}/v2/models/model", timeout=10).json()["versions"][0]
+
+
+@pytest.mark.integration
+def test_the_hooks_promote_refuse_and_roll_back_on_the_same_server(served, registry, neo_result, neo_tables,
+                                                                    tmp_path):
+    good, crippled = map(str, neo_tables)
+    outputs = tmp_path / "outputs.json"  # the stack output the smoke step reaches the endpoint by
+    outputs.write_text(json.dumps({"modelUrls": {"neo": f"{served.url}/v2/models/model/infer"}}))
+
+    def step(name: str, **env: str) -> subprocess.CompletedProcess:
+        return pipeline.run_hook(registry.server, tmp_path, "neo", name, STACK_OUTPUTS=str(outputs),
+                                 SMOKE_TIMEOUT=str(POLL_SECONDS + LOAD_BUDGET), **env)
+
+    def registered(data: str) -> str:
+        version = pipeline.ok(step("register", NEO_DATA=data)).outputs["model-version"]
+        pipeline.ok(step("deploy", MODEL_VERSION=version))
+        return version
+
+    def served_as_champion(version: str) -> None:
+        """The champion's smoke step: known rows over HTTP once the endpoint reports `version`."""
+        smoke = pipeline.ok(step("smoke", MODEL_ROLE="champion", NEO_DATA=good, SMOKE_MIN_ACCURACY="0"))
+        assert f"(champion v{version})" in smoke.stdout, smoke.stdout
+        assert _served_version(served.url) == version
+
+    with neo_traffic(served, neo_result.X_test.head(5)) as traffic:
+        # a champion trained on labels with nothing to learn (the champion the earlier tests left
+        # has no held-out f1, so the gate lets the first measured challenger through)
+        blind = registered(crippled)
+        pipeline.ok(step("promote", MODEL_VERSION=blind))
+        served_as_champion(blind)
+
+        # retrained on the real labels: its smoke test (in-process, and the champion still answering)
+        # and the gate pass, and the same server answers with it
+        better = registered(good)
+        pipeline.ok(step("smoke", NEO_DATA=good))
+        promoted = pipeline.ok(step("promote", MODEL_VERSION=better))
+        assert "PROMOTE" in promoted.stdout and f"NEOs@champion → v{better} (was v{blind})" in promoted.stdout
+        served_as_champion(better)
+        accurate = pipeline.ok(step("smoke", MODEL_ROLE="champion", NEO_DATA=good))  # default minimum 0.9
+        assert f"{served.url}/v2/models/model/infer (champion v{better})" in accurate.stdout
+
+        # a worse challenger: refused; after two polls the server still answers with the champion
+        worse = registered(crippled)
+        refused = step("promote", MODEL_VERSION=worse)
+        assert refused.returncode == 1 and "worse" in refused.stdout and f"stays v{better}" in refused.stdout
+        assert pipeline.alias(registry.admin, MODEL_NAME, "champion") == better
+        time.sleep(2 * POLL_SECONDS)
+        assert _served_version(served.url) == better
+
+        # rollback: one command, and the same endpoint answers with the previous champion again
+        env = {**os.environ, **pipeline.tracking(registry.server)}
+        back = subprocess.run([sys.executable, "-m", "mlops.cli", "rollback", "--model", "neo"], cwd=pipeline.ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert back.returncode == 0, back.stderr
+        assert f"v{better} → v{blind}" in back.stdout
+        served_as_champion(blind)
+    assert traffic.failed == 0, [a for a in traffic.answers if a[1] != 200][:5]
+    # one swap per move, in order: never an answer from a version the alias has left
+    sequence = traffic.sequence()
+    assert sequence[-3:] == [blind, better, blind], sequence
+    assert worse not in sequence
+    print(f"hooks on one server: {len(traffic.answers)} requests, {traffic.failed} failed, served {sequence}")

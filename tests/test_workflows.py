@@ -168,7 +168,9 @@ def test_deployments_are_never_cancelled_and_prod_waits_for_its_reviewers():
 def test_cloud_auth_is_keyless(path):
     text = path.read_text()
     assert not LONG_LIVED_KEYS.search(text), "long-lived cloud keys do not belong in GitHub secrets"
-    assert set(re.findall(r"secrets\.([\w-]+)", text)) <= {"PULUMI_CONFIG_PASSPHRASE", "pulumi-config-passphrase"}
+    # besides the state passphrase, only energy's database URL (not a cloud key: the hooks' PostgreSQL)
+    assert set(re.findall(r"secrets\.([\w-]+)", text)) <= {"PULUMI_CONFIG_PASSPHRASE", "pulumi-config-passphrase",
+                                                            "ENERGY_DATABASE_URL", "database-url"}
     for name, job in jobs_of(path):
         for step in job.get("steps", []):
             uses, given = step.get("uses", ""), step.get("with", {})
@@ -302,3 +304,17 @@ def test_promotion_is_gated_rolled_back_on_a_failed_smoke_and_rollback_is_an_inp
     assert pipeline["on"]["workflow_call"]["inputs"]["rollback"]["type"] == "boolean"
     for caller in (workflow("models.yml")["jobs"]["pipeline"], load(TEMPLATES[0])["jobs"]["pipeline"]):
         assert caller["with"]["rollback"] == "${{ github.event_name == 'workflow_dispatch' && inputs.rollback }}"
+
+
+def test_every_hook_gets_the_database_url_and_only_energy_is_given_one():
+    """energy's hooks read $DATABASE_URL (workloads/energy/hooks.py); the pipeline passes its
+    optional secret to every step that runs a hook, and models.yml fills it for energy alone."""
+    pipeline = workflow("model-pipeline.yml")
+    assert pipeline["on"]["workflow_call"]["secrets"]["database-url"]["required"] is False
+    hook_steps = [step for _, job in pipeline["jobs"].items() for step in job.get("steps", [])
+                  if re.search(r'/ci/(register|deploy|smoke|promote|rollback)"', step.get("run", ""))]
+    assert len(hook_steps) == 4, [s["name"] for s in hook_steps]
+    for step in hook_steps:
+        assert step["env"]["DATABASE_URL"] == "${{ secrets.database-url }}", step["name"]
+    given = workflow("models.yml")["jobs"]["pipeline"]["secrets"]["database-url"]
+    assert given == "${{ matrix.workload == 'energy' && secrets.ENERGY_DATABASE_URL || '' }}"

@@ -139,12 +139,13 @@ def check_accuracy(what: str, predicted: list[int], expected: list[int], minimum
 
 def served_answers(url: str, body: Mapping[str, Any], parse: Callable[[dict[str, Any]], list[int]],
                    version: str) -> list[int]:
-    """The endpoint's answers once it serves `version`, where it reports one (V2 `model_version`):
-    the serving layer follows an alias moments after it moves, so wait up to $SMOKE_TIMEOUT s."""
+    """The endpoint's answers once it serves `version`, where it reports one (V2 `model_version`,
+    Seldon `meta.tags.model_version`): the serving layer follows an alias moments after it moves,
+    so wait up to $SMOKE_TIMEOUT s."""
     deadline = time.monotonic() + number("SMOKE_TIMEOUT", 300)
     while True:
         reply = post_json(url, body)
-        served = reply.get("model_version")
+        served = reply.get("model_version") or (reply.get("meta") or {}).get("tags", {}).get("model_version")
         if served in (None, "", version):
             if served is None:
                 print(f"note {url} does not report the version it serves; answers checked only")

@@ -4,7 +4,12 @@
 
 The class loads the registered pyfunc from $MODEL_URI (default `/mnt/models`, where Seldon's
 storage initializer puts the artifacts of `modelUri`; `models:/mnist@champion` works with a
-tracking URI). It answers
+tracking URI). A registry alias is followed as it moves, as the MLServer runtime of alias models
+does (modules/serving/mlserver-image/mlops_mlserver.py, docs/decisions/0006-serve-by-alias.md):
+every $MODEL_POLL_SECONDS (default 30; 0: never) a thread in the wrapper's worker looks the alias
+up, loads a new version beside the served one and swaps it in; a failed look-up or load keeps the
+served version and is retried with backoff. Replies from a registry version carry it: V2
+`model_version`, Seldon `meta.tags.model_version`. It answers
 
 - `predict(X, features_names)`: the wrapper's hook, X an (N, 28, 28) or (N, 784) array →
   (N, 10) probabilities, columns named by `class_names()`;
@@ -24,11 +29,23 @@ raise `PayloadError` (HTTP 400 in the Seldon wrapper) naming what is wrong.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import binascii
+import datetime
+import hashlib
 import io
+import json
+import logging
 import os
-from collections.abc import Iterable
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +69,10 @@ MAX_PNG_SIDE = 1024
 MAX_PNG_BATCH = 16
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INK = 0.1  # a pixel darker (on light paper) or lighter (on dark) than this by 10 % is ink
+POLL_ENV = "MODEL_POLL_SECONDS"
+MAX_RETRY_SECONDS = 600.0
+ALIAS_URI = re.compile(r"models:/(?P<model>[^/@]+)@(?P<alias>[\w-]+)")
+log = logging.getLogger(__name__)
 
 
 class PayloadError(_ServingError):
@@ -128,32 +149,234 @@ def png_to_image(encoded: Any) -> np.ndarray:
     return to_mnist(decode_png(encoded))
 
 
+# ---- a sample of served requests, as the MLServer runtime keeps it (docs/decisions/0017-drift-monitoring.md,
+# 0018-label-feedback.md): same env, same ids, same object layout; images are kept as two numbers each ----
+
+LOG_URI_ENV, LOG_RATE_ENV, LOG_FLUSH_ENV = ("MLOPS_INFERENCE_LOG_URI", "MLOPS_INFERENCE_LOG_RATE",
+                                            "MLOPS_INFERENCE_LOG_FLUSH_SECONDS")
+MAX_PENDING_LINES = 10_000  # held while the store is unreachable; the oldest go first beyond it
+
+
+def image_features(images: np.ndarray) -> dict[str, list[float]]:
+    """What the sample keeps of each (28, 28) image in [0, 1], and what the training reference holds
+    (workloads/mnist/train.py): its mean intensity and its share of ink pixels. 784 pixels per image
+    would be 6 KB of JSON and a PSI per pixel says little; these two move when the pictures change
+    (thicker or thinner strokes, other scanners, inverted or cropped drawings)."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    return {"mean_intensity": np.round(flat.mean(axis=1), 5).tolist(),
+            "ink_share": np.round((flat > INK).mean(axis=1), 5).tolist()}
+
+
+def request_id() -> str:
+    """The request's id, as the MLServer runtime picks it: Istio's x-request-id (Seldon 1.17.1's executor
+    passes every request header but Content-Type on to the model container), else the executor's
+    Seldon-Puid, else the V2 body's id; a new one outside a request or without any. Kept per request
+    (flask.g), so the reply names the id its sample and labels go by."""
+    try:
+        from flask import g, request
+
+        if "mlops_request_id" not in g:
+            body = request.get_json(silent=True)
+            g.mlops_request_id = str(request.headers.get("x-request-id") or request.headers.get("Seldon-Puid")
+                                     or (body.get("id") if isinstance(body, dict) else None) or uuid.uuid4())
+        return g.mlops_request_id
+    except (ImportError, RuntimeError):  # outside a request (in-process use)
+        return str(uuid.uuid4())
+
+
+class Sampler:
+    """Keeps `rate` of the requests (by a hash of the request id, as the MLServer runtime: a champion and
+    its shadow keep the same ones) and writes them every `flush_seconds` from a thread of the worker, to
+    `<uri>/<model>/<alias>/<YYYY-MM-DD>/<HHMMSS>-<id>.jsonl`. A failed write keeps the lines for the next."""
+
+    def __init__(self, uri: str, rate: float, flush_seconds: float, model: str, alias: str) -> None:
+        self.uri, self.rate, self.flush_seconds, self.model, self.alias = uri, rate, flush_seconds, model, alias
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], alias: tuple[str, str] | None) -> Sampler | None:
+        uri, rate = env.get(LOG_URI_ENV, "").rstrip("/"), float(env.get(LOG_RATE_ENV) or 0)
+        if not (uri and rate > 0):
+            return None
+        if not 0 < rate <= 1:
+            raise ValueError(f"{LOG_RATE_ENV}={rate}: a share between 0 and 1 is allowed")
+        if alias is None:
+            raise ValueError(f"{LOG_URI_ENV} is set but MODEL_URI is no models:/<model>@<alias>: the sample is "
+                             "kept per registry alias (its drift job compares it with that alias's reference)")
+        return cls(uri, rate, float(env.get(LOG_FLUSH_ENV) or 60), *alias)
+
+    def wants(self, rid: str) -> bool:
+        return int.from_bytes(hashlib.sha256(rid.encode()).digest()[:8], "big") < self.rate * 2 ** 64
+
+    def record(self, rid: str, images: np.ndarray, probs: np.ndarray, version: str | None) -> None:
+        line = json.dumps({"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                           "request_id": rid, "model": self.model, "alias": self.alias, "version": version,
+                           "inputs": image_features(images),
+                           "outputs": {"digit": probs.argmax(axis=1).tolist(),
+                                       "probability": np.round(probs.max(axis=1), 5).tolist()}},
+                          separators=(",", ":"))
+        with self._lock:
+            self._lines.append(line)
+            del self._lines[:-MAX_PENDING_LINES]
+
+    def start(self) -> None:
+        """In each worker process (after the wrapper's fork), once; the last lines are written at exit."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        threading.Thread(target=self._flush_every, name="inference-log", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(self.flush_seconds)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if not lines:
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlops-samples-") as tmp:
+                path = Path(tmp) / f"{now:%H%M%S}-{uuid.uuid4().hex[:12]}.jsonl"
+                path.write_text("\n".join(lines) + "\n")
+                get_artifact_repository(self.uri).log_artifact(str(path), f"{self.model}/{self.alias}/{now:%Y-%m-%d}")
+        except Exception as err:  # store unreachable, credentials revoked: serving goes on
+            with self._lock:
+                self._lines[:0] = lines
+                del self._lines[:-MAX_PENDING_LINES]
+            log.error("writing %d samples to %s failed, kept for the next try: %r", len(lines), self.uri, err)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The loaded model and its registry version (None: a path or pinned URI), swapped as one."""
+
+    model: Any
+    version: str | None
+
+
 class MnistClassifier:
     def __init__(self, model_uri: str | None = None) -> None:
+        self.model_uri = model_uri or os.environ.get("MODEL_URI", "/mnt/models")
+        alias = ALIAS_URI.fullmatch(self.model_uri)
+        self.alias = (alias["model"], alias["alias"]) if alias else None
+        self.poll_seconds = float(os.environ.get(POLL_ENV) or 30)
+        self._served = self._load(self._resolve() if self.alias else None)
+        self._follower: tuple[int, threading.Thread] | None = None  # (pid, thread): one per worker process
+        self.sampler = Sampler.from_env(os.environ, self.alias)
+
+    @property
+    def model(self) -> Any:
+        return self._served.model
+
+    @property
+    def version(self) -> str | None:
+        return self._served.version
+
+    def _resolve(self) -> str:
+        from mlflow import MlflowClient
+
+        return str(MlflowClient().get_model_version_by_alias(*self.alias).version)
+
+    def _load(self, version: str | None) -> Served:
         import mlflow.pyfunc
 
-        self.model_uri = model_uri or os.environ.get("MODEL_URI", "/mnt/models")
-        self.model = mlflow.pyfunc.load_model(self.model_uri)
+        uri = f"models:/{self.alias[0]}/{version}" if version else self.model_uri
+        return Served(mlflow.pyfunc.load_model(uri), version)
+
+    def load(self) -> None:
+        """The wrapper calls this in each worker process after the fork: start following the alias
+        there (a thread started in `__init__` would stay behind in the parent)."""
+        if self.sampler is not None:
+            self.sampler.start()
+        if self.alias is None or self.poll_seconds <= 0:
+            return
+        if self._follower is not None and self._follower[0] == os.getpid():
+            return
+        thread = threading.Thread(target=self._follow, name="alias-follower", daemon=True)
+        self._follower = (os.getpid(), thread)
+        thread.start()
+
+    def _follow(self) -> None:
+        failed: dict[str, tuple[int, float]] = {}  # version -> (attempts, next retry time)
+        while True:
+            time.sleep(self.poll_seconds)
+            self.refresh(failed)
+
+    def refresh(self, failed: dict[str, tuple[int, float]]) -> None:
+        """One look-up of the alias; a moved alias is loaded and swapped in, a failure logged and
+        retried after `poll_seconds` * 2^attempts (at most MAX_RETRY_SECONDS)."""
+        model, alias = self.alias
+        try:
+            version = self._resolve()
+        except Exception as err:  # MLflow unreachable, alias deleted, credentials revoked
+            log.error("cannot resolve models:/%s@%s, still serving version %s: %s", model, alias, self.version, err)
+            return
+        attempts, retry_at = failed.get(version, (0, 0.0))
+        if version == self.version or time.monotonic() < retry_at:
+            return
+        try:
+            loaded = self._load(version)
+        except Exception as err:  # missing or corrupt artifacts
+            delay = min(self.poll_seconds * 2 ** attempts, MAX_RETRY_SECONDS)
+            failed[version] = (attempts + 1, time.monotonic() + delay)
+            log.error("loading models:/%s/%s (alias %s) failed, still serving version %s; retry in %.0f s: %r",
+                      model, version, alias, self.version, delay, err)
+            return
+        failed.pop(version, None)
+        self._served = loaded  # one reference: a request reads the old or the new model, never a mix
+        log.warning("serving models:/%s/%s (alias %s)", model, version, alias)
 
     def class_names(self) -> Iterable[str]:
         return CLASS_NAMES
 
     def predict(self, X: Any, features_names: Iterable[str] | None = None, meta: dict | None = None) -> np.ndarray:
-        return np.asarray(self.model.predict(as_images(X)))
+        return self._predict(self._served, X)
+
+    def _predict(self, served: Served, X: Any) -> np.ndarray:
+        images = as_images(X)
+        probs = np.asarray(served.model.predict(images))
+        if self.sampler is not None:
+            rid = request_id()
+            if self.sampler.wants(rid):
+                self.sampler.record(rid, images, probs, served.version)
+        return probs
 
     def predict_raw(self, request: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(request, dict):
             raise PayloadError("the request body must be a JSON object")
+        served = self._served  # the version this request is answered by, from start to end
         if "inputs" in request:
-            return self._v2(request)
+            reply = self._v2(served, request)
+            return self._with_id(reply if served.version is None else {**reply, "model_version": served.version})
         if "data" in request:
-            return self._seldon(request)
-        if "binData" in request:
-            return self._answer(self.predict(png_to_image(request["binData"])[None]))
-        raise PayloadError('expected a Seldon body {"data": {"ndarray": ...}} or {"binData": "<base64 PNG>"}, '
-                           'or a V2 body {"inputs": [...]}')
+            reply = self._seldon(served, request)
+        elif "binData" in request:
+            reply = self._answer(self._predict(served, png_to_image(request["binData"])[None]))
+        else:
+            raise PayloadError('expected a Seldon body {"data": {"ndarray": ...}} or {"binData": "<base64 PNG>"}, '
+                               'or a V2 body {"inputs": [...]}')
+        return self._with_id(reply if served.version is None else
+                             {**reply, "meta": {"tags": {"model_version": served.version}}})
 
-    def _seldon(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _with_id(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """With a sample, the reply names the request id it is kept under (V2 `parameters.request_id`,
+        Seldon `meta.tags.request_id`): the id labels are sent back for (mlops feedback send)."""
+        if self.sampler is None:
+            return reply
+        if "outputs" in reply:
+            return {**reply, "parameters": {**reply.get("parameters", {}), "request_id": request_id()}}
+        meta = reply.get("meta", {})
+        return {**reply, "meta": {**meta, "tags": {**meta.get("tags", {}), "request_id": request_id()}}}
+
+    def _seldon(self, served: Served, request: dict[str, Any]) -> dict[str, Any]:
         data = request["data"]
         if not isinstance(data, dict):
             raise PayloadError('"data" must be an object with "ndarray" or "tensor"')
@@ -163,13 +386,13 @@ class MnistClassifier:
             values = _reshaped(data["tensor"]["values"], data["tensor"]["shape"])
         else:
             raise PayloadError('"data" needs "ndarray" (nested lists) or "tensor" ({"shape", "values"})')
-        return self._answer(self.predict(values))
+        return self._answer(self._predict(served, values))
 
     @staticmethod
     def _answer(probs: np.ndarray) -> dict[str, Any]:
         return {"jsonData": {"digits": probs.argmax(axis=1).tolist(), "probabilities": probs.tolist()}}
 
-    def _v2(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _v2(self, served: Served, request: dict[str, Any]) -> dict[str, Any]:
         inputs = request["inputs"]
         if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
             raise PayloadError('"inputs" must hold exactly one tensor: the images')
@@ -184,7 +407,7 @@ class MnistClassifier:
         else:
             raise PayloadError(f"datatype {tensor['datatype']!r}; allowed: {sorted(V2_DATATYPES | {'BYTES'})} "
                                "(BYTES: base64 PNGs)")
-        probs = self.predict(images)
+        probs = self._predict(served, images)
         n = len(probs)
         return {
             "model_name": "mnist",
