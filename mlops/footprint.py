@@ -168,8 +168,8 @@ def seldon_deployment_pods(obj: dict[str, Any], executor: Container, initializer
         for node in _graph_nodes(p.get("graph") or {}):
             if node.get("implementation") and node.get("name") not in named:
                 containers.append(Container(node.get("name", "?")))  # prepackaged server without resources
-        if not no_engine:
-            containers.append(executor)
+        if not (no_engine or (p.get("annotations") or {}).get("seldon.io/no-engine") == "true"):  # the operator
+            containers.append(executor)  # reads the predictor's annotation (seldondeployment_controller.go)
         inits = [initializer for node in _graph_nodes(p.get("graph") or {})
                  if node.get("implementation") and node.get("modelUri")]
         hpa = next((cs["hpaSpec"] for cs in specs if cs.get("hpaSpec")), None)

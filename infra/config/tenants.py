@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from infra.config.base import _CPU, _MEMORY, DNS_LABEL, Model, Resources, cpu_millicores, memory_mib
 from infra.config.serving import ServedModelConfig, dns_model_names
@@ -103,6 +103,56 @@ class TenantLimits(Model):
         return self
 
 
+CpuQuantity = Annotated[str, AfterValidator(lambda v: _quantity(_CPU, "25m", v))]
+MemoryQuantity = Annotated[str, AfterValidator(lambda v: _quantity(_MEMORY, "32Mi", v))]
+
+
+class PerModel(Model):
+    """What each model adds to a shared server's requests (and memory limit)."""
+
+    cpu: CpuQuantity = Field(default="25m", description="CPU request per hosted model")
+    memory: MemoryQuantity = Field(default="32Mi", description="memory request per hosted model")
+    memory_limit: MemoryQuantity = Field(default="128Mi", description="memory limit per hosted model")
+
+
+SHARED_SERVER = re.compile(r"^models-\d+$")  # the shared servers' names (and URL paths); no model may take one
+
+
+class TenantServing(Model):
+    """How a tenant's models run (docs/decisions/0020-multi-model-serving.md). `dedicated`: one pod
+    per model, its own limits. `shared`: up to `modelsPerServer` models in one MLServer process (no
+    Seldon executor), each on its own route; one model's crash or memory takes its server's other
+    models with it, and they share its CPU. Defaults from benchmarks/results/density.json: one
+    MLServer with one small model is ~290 MiB RSS (~220 MiB PSS) and each further small model adds
+    ~1 MiB; the per-model allowance leaves room for bigger student models. One CPU limit: the server
+    answers in one process (MLSERVER_PARALLEL_WORKERS=0), so more would never be used."""
+
+    mode: Literal["dedicated", "shared"] = Field(default="dedicated", description="dedicated: a SeldonDeployment "
+                                                 "per model; shared: models-per-server in one MLServer")
+    models_per_server: int = Field(default=3, ge=1, le=60, description="shared: models in one server process")
+    server: Resources = Field(default=Resources(cpu="100m", memory="320Mi", cpu_limit="1", memory_limit="512Mi"),
+                              description="shared: the server's own requests and limits, models excluded")
+    per_model: PerModel = Field(default=PerModel(), description="shared: added to the server's per hosted model")
+
+    def servers(self, models: list[str]) -> list[tuple[str, list[str]]]:
+        """(server name, its models) in declaration order: `models-0` holds the first N, and so on."""
+        n = self.models_per_server
+        return [(f"models-{i // n}", models[i:i + n]) for i in range(0, len(models), n)]
+
+    def server_resources(self, models: int) -> Resources:
+        s, m = self.server, self.per_model
+        return Resources(cpu=f"{cpu_millicores(s.cpu) + models * cpu_millicores(m.cpu)}m",
+                         memory=f"{memory_mib(s.memory) + models * memory_mib(m.memory)}Mi",
+                         cpu_limit=s.cpu_limit,
+                         memory_limit=f"{memory_mib(s.memory_limit) + models * memory_mib(m.memory_limit)}Mi")
+
+    @model_validator(mode="after")
+    def _cpu_limit(self) -> TenantServing:
+        if self.server.cpu_limit is None:
+            raise ValueError("server.cpuLimit is required: every tenant container runs with a CPU limit")
+        return self
+
+
 class TenantDefaults(Model):
     """`tenantDefaults`: what every tenant gets unless it says otherwise (quota) or never may change
     (limits, pod security: the same conditions for all)."""
@@ -113,6 +163,7 @@ class TenantDefaults(Model):
     limits: TenantLimits = TenantLimits()
     deploy_ref: str = Field(default="refs/heads/main", pattern=r"^refs/(heads|tags)/[\w./-]+$",
                             description="gke/eks: the only ref of a tenant repository whose jobs get its identity")
+    serving: TenantServing = TenantServing()
     model: dict[str, Any] = Field(default_factory=dict, description="defaults of each tenant model (the keys of "
                                   "serving.models.<name>); resources default to limits.default")
 
@@ -122,7 +173,8 @@ class TenantDefaults(Model):
         """A stack sets only the keys it changes (e.g. quota.pods); the rest stay the defaults."""
         if not isinstance(data, dict):
             return data
-        base = {"quota": TenantQuota().model_dump(by_alias=True), "limits": TenantLimits().model_dump(by_alias=True)}
+        base = {"quota": TenantQuota().model_dump(by_alias=True), "limits": TenantLimits().model_dump(by_alias=True),
+                "serving": TenantServing().model_dump(by_alias=True)}
         return _merge(base, data)
 
 
@@ -143,6 +195,8 @@ class TenantConfig(Model):
     repositories: list[str] = Field(default_factory=list, description="owner/repo allowed to publish models (a "
                                     "keyless identity on gke/eks; `tenants.fromFile`: a YAML file of tenants)")
     quota: TenantQuota = TenantQuota()
+    serving: TenantServing = Field(default=TenantServing(), description="dedicated or shared model servers "
+                                   "(unset keys: tenantDefaults.serving)")
     models: dict[str, ServedModelConfig] = Field(default_factory=dict)
     context: TenantContext = Field(alias=CONTEXT, exclude=True)
 
@@ -173,7 +227,7 @@ class TenantConfig(Model):
     def _fits(self) -> TenantConfig:
         problems = _name_problems(self.context) + [p for m, spec in self.models.items()
                                                    for p in _model_problems(self.context, m, spec)]
-        problems += _quota_problems(self)
+        problems += _shared_problems(self) + _quota_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -186,6 +240,16 @@ class TenantConfig(Model):
         """(model, its config, most pods it may run): replicas (or maxReplicas) × predictors."""
         return [(m, spec, (spec.autoscaling.max_replicas if spec.autoscaling else spec.replicas)
                  * (2 if spec.candidate else 1)) for m, spec in self.models.items()]
+
+    def containers(self) -> list[tuple[Resources, int]]:
+        """(resources, most pods) of every serving container: each model's and the engine sidecar's
+        (dedicated), or each shared server's (one pod, no sidecar)."""
+        if self.serving.mode == "shared":
+            return [(self.serving.server_resources(len(models)), 1) for _, models in self.serving.servers(
+                list(self.models))]
+        pods = self.pods()
+        return [(spec.resources, n) for _, spec, n in pods] + (
+            [(self.context.sidecar, n) for _, _, n in pods] if self.context.sidecar else [])
 
 
 def _name_problems(c: TenantContext) -> list[str]:
@@ -223,6 +287,31 @@ def _model_problems(c: TenantContext, model: str, spec: ServedModelConfig) -> li
     return problems
 
 
+def _shared_problems(t: TenantConfig) -> list[str]:
+    """A shared server hosts alias models only, one replica each, no candidate (its traffic split
+    needs a pod of its own), and fits the LimitRange's maximum."""
+    if t.serving.mode != "shared":
+        return []
+    problems = []
+    for model, spec in t.models.items():
+        where = f"models.{model}"
+        if SHARED_SERVER.match(model):
+            problems.append(f"{where}: the name is a shared server's (models-<n>); rename the model")
+        if spec.source.alias is None:
+            problems.append(f"{where}.source: a shared server serves registry aliases only; serve it with "
+                            "serving.mode dedicated")
+        if spec.candidate is not None or spec.replicas != 1 or spec.autoscaling is not None:
+            problems.append(f"{where}: candidate, replicas and autoscaling need a pod per model; use serving.mode "
+                            "dedicated for this tenant")
+    biggest = max((len(models) for _, models in t.serving.servers(list(t.models))), default=0)
+    r, top = t.serving.server_resources(biggest), t.context.limits.max
+    if cpu_millicores(r.cpu_limit) > cpu_millicores(top.cpu) or memory_mib(r.memory_limit) > memory_mib(top.memory):
+        problems.append(f"serving: a server of {biggest} models has limits ({r.cpu_limit}, {r.memory_limit}) above "
+                        f"tenantDefaults.limits.max ({top.cpu}, {top.memory}); lower serving.modelsPerServer or "
+                        "serving.perModel.memoryLimit, or raise limits.max")
+    return problems
+
+
 def _quota_problems(t: TenantConfig) -> list[str]:
     """The quota must admit every model at its most pods: otherwise the API server refuses pods
     (quota exceeded) long after `pulumi up` reported success."""
@@ -231,12 +320,11 @@ def _quota_problems(t: TenantConfig) -> list[str]:
     if len(t.models) > q.models:
         problems.append(f"quota.models {q.models} is below the {len(t.models)} models declared: raise quota.models "
                         "(here or in tenantDefaults.quota) or serve fewer")
-    need_pods = sum(n for _, _, n in pods)
+    need_pods = len(t.serving.servers(list(t.models))) if t.serving.mode == "shared" else sum(n for _, _, n in pods)
     if need_pods > q.pods:
         problems.append(f"quota.pods {q.pods} is below the {need_pods} pods the models may run (replicas × "
                         "predictors): raise quota.pods")
-    containers = [(spec.resources, n) for _, spec, n in pods] + (
-        [(t.context.sidecar, n) for _, _, n in pods] if t.context.sidecar else [])
+    containers = t.containers()
     sums = {
         "cpu": (sum(cpu_millicores(r.cpu) * n for r, n in containers), cpu_millicores(q.cpu), "m"),
         "memory": (sum(memory_mib(r.memory) * n for r, n in containers), memory_mib(q.memory), "Mi"),
@@ -267,6 +355,7 @@ def _tenant_raw(name: str, raw: Any, defaults: TenantDefaults, context: dict[str
     if not isinstance(raw, dict):
         return raw
     quota = _merge(defaults.quota.model_dump(by_alias=True), raw.get("quota") or {})
+    serving = _merge(defaults.serving.model_dump(by_alias=True, exclude_none=True), raw.get("serving") or {})
     model_base = _merge({"resources": defaults.limits.default.model_dump(by_alias=True, exclude_none=True)},
                         defaults.model)
     models = {}
@@ -276,7 +365,7 @@ def _tenant_raw(name: str, raw: Any, defaults: TenantDefaults, context: dict[str
         if isinstance(source, dict) and "alias" in source and "model" not in source:
             merged = {**merged, "source": {**source, "model": registered_model(name, str(model))}}
         models[model] = merged
-    return {**raw, "quota": quota, "models": models, CONTEXT: {**context, "name": name}}
+    return {**raw, "quota": quota, "serving": serving, "models": models, CONTEXT: {**context, "name": name}}
 
 
 class _UniqueKeys(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # libyaml: 5× faster

@@ -147,6 +147,27 @@ class DeployedModel(pulumi.ComponentResource):
     url: pulumi.Output[str]  # predictions endpoint through the gateway
 
 
+@dataclass(frozen=True)
+class SharedServerArgs:
+    """Several alias models in one model server process (docs/decisions/0020-multi-model-serving.md):
+    each keeps its own endpoint (the URL a dedicated deployment of it would have) and follows its
+    own alias; they share the server's resources, its registry login and its fate."""
+
+    namespace: pulumi.Input[str]
+    object_name: str  # the engine's object name, e.g. models-0
+    models: Mapping[str, RegistryAlias]  # endpoint (and V2) name -> the alias it serves
+    registry: RegistryAccess
+    resources: Mapping[str, Mapping[str, str]]
+    placement: Mapping[str, Any] = field(default_factory=dict)
+    inference_log: InferenceLog | None = None
+
+
+class SharedServer(pulumi.ComponentResource):
+    """What a serving engine returns for a shared server: each model's predictions endpoint."""
+
+    urls: dict[str, pulumi.Output[str]]
+
+
 class ServingEngine(abc.ABC):
     """An installed serving engine that can deploy models."""
 
@@ -156,3 +177,9 @@ class ServingEngine(abc.ABC):
     def deploy(self, name: str, args: ModelDeploymentArgs,
                opts: pulumi.ResourceOptions | None = None) -> DeployedModel:
         """Declare one served model."""
+
+    def deploy_shared(self, name: str, args: SharedServerArgs,
+                      opts: pulumi.ResourceOptions | None = None) -> SharedServer:
+        """Declare one server hosting several models; engines that cannot say so."""
+        raise ValueError(f"serving engine {self.name} runs one model per server: serve its models with "
+                         "serving.mode dedicated")

@@ -33,7 +33,8 @@ MLFLOW_SECRET = "mlflow-tenant"  # the tenant's own MLflow login (keys username,
 READER_SECRET = "mlflow-model-reader"  # the tenant's read-only login its model pods load aliases with
 # Seldon 1.17.1's executor: http and metrics on 8000, grpc on 5001; MLServer's metrics on 6000
 # (operator/controllers/seldondeployment_engine.go, operator/constants/constants.go)
-MODEL_PORTS = (8000, 5001)
+# and a shared server's MLServer without executor on 9000 (modules/serving/density.py)
+MODEL_PORTS = (8000, 5001, 9000)
 METRICS_PORTS = (8000, 6000)
 INGRESS_POLICY = "tenant-ingress"
 
