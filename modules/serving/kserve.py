@@ -41,7 +41,7 @@ from modules.serving.contract import (
     RegistryModel,
     ServingEngine,
 )
-from modules.serving.seldon import ALIAS_ENV, ALIAS_RUNTIME, alias_annotations, alias_env
+from modules.serving.seldon import ALIAS_ENV, ALIAS_RUNTIME, NO_WORKERS, alias_annotations, alias_env
 
 CHARTS = "oci://ghcr.io/kserve/charts"
 CRD_CHART = f"{CHARTS}/kserve-crd"
@@ -194,8 +194,11 @@ def model_env(model_name: str, source: ModelSource, args: ModelDeploymentArgs, m
     if isinstance(source, RegistryAlias):
         assert args.registry is not None  # ModelDeploymentArgs checks it
         return env + alias_env(source, args.registry, args.inference_log_of(source))
+    # no inference worker process (MLServer 1.7.1 starts one by default): for a small CPU model it
+    # adds a multiprocessing hop per request and a second copy of the model and runtime, competing
+    # for the same small CPU limit (benchmarks/serving_overhead.py); alias models set it too
     return env + [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime},
-                  {"name": "MLSERVER_MODEL_URI", "value": MODEL_MOUNT}]
+                  {"name": "MLSERVER_MODEL_URI", "value": MODEL_MOUNT}, dict(NO_WORKERS)]
 
 
 def predictor_spec(model_name: str, source: ModelSource, args: ModelDeploymentArgs, engine: KServeArgs) -> dict[str, Any]:

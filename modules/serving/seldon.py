@@ -27,6 +27,8 @@ from modules.serving.contract import (
     RegistryAlias,
     RegistryModel,
     ServingEngine,
+    SharedServer,
+    SharedServerArgs,
 )
 
 CHART = "seldon-core-operator"
@@ -125,6 +127,14 @@ class SeldonCore(pulumi.ComponentResource, ServingEngine):
                            _image_ref(self._args.mlserver_image),
                            pulumi.ResourceOptions.merge(kube.after([self.release]), opts))
 
+    def deploy_shared(self, name: str, args: SharedServerArgs,
+                      opts: pulumi.ResourceOptions | None = None) -> SharedServer:
+        from modules.serving.density import SeldonSharedServer  # it builds on this module's helpers
+
+        return SeldonSharedServer(name, args, self._args.gateway_host, self._args.istio_gateway,
+                                  _image_ref(self._args.mlserver_image),
+                                  pulumi.ResourceOptions.merge(kube.after([self.release]), opts))
+
 
 def alias_env(source: RegistryAlias, registry: RegistryAccess,
               inference_log: InferenceLog | None = None) -> list[dict[str, Any]]:
@@ -133,12 +143,23 @@ def alias_env(source: RegistryAlias, registry: RegistryAccess,
     the tracking server with a read-only user, and where its request sample goes (if any). The
     operator adds the ports, the model name and MLSERVER_METRICS_PORT/ENDPOINT (the `metrics` port
     at /prometheus the PodMonitor scrapes). KServe uses the same env (kserve.py `model_env`)."""
-    secret = {"name": registry.credentials_secret}
     extra = {"registry_model": source.model, "alias": source.alias, "poll_seconds": source.poll_seconds}
     return [
         {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": ALIAS_RUNTIME},
-        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"},
+        dict(NO_WORKERS),
         {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra, sort_keys=True)},
+        *registry_env(registry, inference_log),
+    ]
+
+
+NO_WORKERS = {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}
+
+
+def registry_env(registry: RegistryAccess, inference_log: InferenceLog | None = None) -> list[dict[str, Any]]:
+    """What every alias runtime of a server process shares: the tracking server and its read-only
+    login, and the request sample's settings."""
+    secret = {"name": registry.credentials_secret}
+    return [
         {"name": "MLFLOW_TRACKING_URI", "value": registry.tracking_uri},
         {"name": "MLFLOW_TRACKING_USERNAME", "valueFrom": {"secretKeyRef": {**secret, "key": "username"}}},
         {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {**secret, "key": "password"}}},

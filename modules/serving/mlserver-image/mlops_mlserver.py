@@ -27,12 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlserver.errors import InferenceError
+from mlserver.codecs import NumpyCodec, PandasCodec
+from mlserver.codecs.numpy import to_dtype
+from mlserver.errors import InferenceError, MLServerError
 from mlserver.logging import logger
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, Parameters
 from mlserver_mlflow import MLflowRuntime as StockMLflowRuntime
@@ -44,9 +48,40 @@ CLIENT_ERRORS = {ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 class MLflowRuntime(StockMLflowRuntime):
     def decode_request(self, inference_request: InferenceRequest, default_codec: Any = None) -> Any:
         try:
-            return super().decode_request(inference_request, default_codec)
+            frame = self._numeric_frame(inference_request)
+            return frame if frame is not None else super().decode_request(inference_request, default_codec)
         except (ValueError, TypeError) as err:  # e.g. "could not convert string to float: 'far'"
             raise InferenceError(f"the request does not decode into the model's inputs: {err}") from None
+
+    def _numeric_frame(self, request: InferenceRequest) -> pd.DataFrame | None:
+        """The DataFrame MLServer's `pd` codec would build, from one 2-D array instead of a NumPy
+        array and a Series per column (1.5 of the 5.5 ms a one-row NEO request spends in the runtime,
+        22 columns; benchmarks/serving_overhead.py). Only where that is the same frame: the request
+        decodes as `pd`, every input is a flat tensor of one non-BYTES datatype, of one length, with
+        no parameters of its own and the signature's `np` codec, names unique. Else None, and the
+        stock path decodes it (and raises what a caller is told): MLflow still enforces the schema."""
+        params, settings = request.parameters, self._settings.parameters
+        content_type = (params and params.content_type) or (settings and settings.content_type)
+        inputs = request.inputs
+        if content_type != PandasCodec.ContentType or not inputs or inputs[0].datatype == "BYTES":
+            return None
+        names, rows = [i.name for i in inputs], inputs[0].shape[0] if inputs[0].shape else -1
+        columns = []
+        for i in inputs:
+            meta = self._inputs_index.get(i.name)
+            data = getattr(i.data, "root", i.data)
+            if (i.datatype != inputs[0].datatype or i.parameters is not None or i.shape not in ([rows], [rows, 1])
+                    or meta is None or not meta.parameters or meta.parameters.content_type != NumpyCodec.ContentType
+                    or not isinstance(data, list) or len(data) != rows):
+                return None
+            columns.append(data)
+        if len(set(names)) != len(names):
+            return None
+        try:
+            values = np.array(columns, dtype=to_dtype(inputs[0]))  # the conversion NumpyCodec makes per column
+        except (ValueError, TypeError):
+            return None
+        return pd.DataFrame(values.T, columns=names) if values.shape == (len(names), rows) else None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         try:
@@ -70,6 +105,10 @@ class AliasSettings:
     model: str
     alias: str
     poll_seconds: float
+    # a shared server (many models, one process) starts even when this alias does not resolve or
+    # load yet (MLServer 1.7.1 shuts the whole server down when one model fails at startup): the
+    # model counts as loaded, so the server can turn ready, and answers 503 until a version loads
+    start_unready: bool = False
 
     @classmethod
     def parse(cls, name: str, extra: Mapping[str, Any] | None) -> AliasSettings:
@@ -81,7 +120,7 @@ class AliasSettings:
         poll = float(extra.get("poll_seconds", 30))
         if poll <= 0:
             raise InferenceError(f"model {name!r}: parameters.extra.poll_seconds {poll} must be positive")
-        return cls(str(extra["registry_model"]), str(extra["alias"]), poll)
+        return cls(str(extra["registry_model"]), str(extra["alias"]), poll, bool(extra.get("start_unready", False)))
 
 
 @dataclass(frozen=True)
@@ -112,7 +151,9 @@ class _Metrics:
                                        ["model", "alias"])
 
 
-_METRICS: _Metrics | None = None
+# MLServer re-imports (importlib.reload) this module for each model it reads from a model-settings.json
+# (a shared server's repository): the series registered by the first import must survive that
+_METRICS: _Metrics | None = globals().get("_METRICS")
 
 
 def _metrics() -> _Metrics:
@@ -259,8 +300,17 @@ class RegistryAliasRuntime(MLflowRuntime):
         metrics = _metrics()
         for stage in ("resolve", "load"):  # 0-valued series, so increase() sees the first failure
             metrics.load_failures.labels(self._alias.model, self._alias.alias, stage)
-        version = await asyncio.to_thread(self._resolve)  # a failure here fails the start: nothing to keep
-        self._apply(await asyncio.to_thread(_download_and_load, self._alias.model, version))
+        stage = "resolve"
+        try:  # a failure here fails the start (nothing to keep serving), unless start_unready
+            version = await asyncio.to_thread(self._resolve)
+            stage = "load"
+            self._apply(await asyncio.to_thread(_download_and_load, self._alias.model, version))
+        except Exception as err:
+            if not self._alias.start_unready:
+                raise
+            metrics.load_failures.labels(self._alias.model, self._alias.alias, stage).inc()
+            logger.error(f"model {self.name!r}: models:/{self._alias.model}@{self._alias.alias} is not servable "
+                         f"yet, answering 503 until it is (retried every {self._alias.poll_seconds:g} s): {err!r}")
         self._poller = asyncio.get_running_loop().create_task(self._follow())
         sampling = SampleSettings.from_env(os.environ)
         if sampling is not None:
@@ -330,15 +380,15 @@ class RegistryAliasRuntime(MLflowRuntime):
 
     async def refresh(self) -> None:
         """One look-up of the alias, and a load + swap if it moved to a version not failed recently."""
-        a = self._alias
+        a, served = self._alias, (self._current.version if self._current else None)
         try:
             version = await asyncio.to_thread(self._resolve)
         except Exception as err:  # MLflow unreachable, alias deleted, credentials revoked
             _metrics().load_failures.labels(a.model, a.alias, "resolve").inc()
             logger.error(f"model {self.name!r}: cannot resolve models:/{a.model}@{a.alias}, still serving "
-                         f"version {self._current.version}: {err}")
+                         f"version {served}: {err}")
             return
-        if str(version.version) == self._current.version:
+        if str(version.version) == served:
             self._failed.clear()
             return
         attempts, retry_at = self._failed.get(str(version.version), (0, 0.0))
@@ -351,16 +401,24 @@ class RegistryAliasRuntime(MLflowRuntime):
             self._failed[str(version.version)] = (attempts + 1, time.monotonic() + delay)
             _metrics().load_failures.labels(a.model, a.alias, "load").inc()
             logger.error(f"model {self.name!r}: loading models:/{a.model}/{version.version} (alias {a.alias!r}) failed, "
-                         f"still serving version {self._current.version}; retry in {delay:.0f} s: {err!r}")
+                         f"still serving version {served}; retry in {delay:.0f} s: {err!r}")
             return
         self._apply(loaded)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         served = self._current
+        if served is None:
+            a = self._alias
+            raise MLServerError(f"model {self.name!r}: no version of models:/{a.model}@{a.alias} is loaded yet",
+                                status_code=503)
         response = await super().predict(payload)
         response.model_version = served.version
         if self._sampler is not None:
             rid = request_id(payload)
+            # the id the sample keeps it under, for labels fed back (docs/decisions/0018-label-feedback.md):
+            # the caller cannot know it when the mesh replaced its x-request-id
+            parameters = response.parameters.model_dump() if response.parameters else {}
+            response.parameters = Parameters(**{**parameters, "request_id": rid})
             if self._sampler.wants(rid):
                 self._sampler.record(rid, payload, response, served.version)
         return response
@@ -368,6 +426,8 @@ class RegistryAliasRuntime(MLflowRuntime):
     async def metadata(self) -> MetadataModelResponse:
         metadata = await super().metadata()
         served, a = self._current, self._alias
+        if served is None:  # not servable yet (a shared server's model whose alias does not load)
+            return metadata
         metadata.versions = [served.version]
         parameters = metadata.parameters.model_dump() if metadata.parameters else {}
         metadata.parameters = Parameters(**parameters, registry_model=a.model, alias=a.alias,
