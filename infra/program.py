@@ -21,6 +21,7 @@ from modules.ci.github import GithubOidc
 from modules.ci.rbac import ModelDeployerAccess
 from modules.ci.runners import BuilderArgs, GithubRunners, RunnersArgs
 from modules.gateway import IstioGateway, IstioGatewayArgs, Route, Tls, public_url
+from modules.gateway.auth import JwtPolicy, Sso
 from modules.mlflow import PORT as MLFLOW_PORT
 from modules.mlflow import Mlflow, MlflowArgs
 from modules.mlflow.users import MlflowPermission, MlflowUser, MlflowUsers, MlflowUsersArgs
@@ -37,12 +38,15 @@ from modules.serving.contract import (
     RegistryAlias,
     RegistryModel,
     ServingEngine,
+    SharedServerArgs,
 )
+from modules.serving.density import shared_in_cluster_url
 from modules.serving.kserve import KServe, KServeArgs
 from modules.serving.seldon import SeldonCore, SeldonCoreArgs
 from modules.evaluation import Evaluation, EvaluationArgs, evaluation_mlflow_user, in_cluster_url
 from modules.monitoring.delivery import Delivery, DeliveryArgs, delivery_mlflow_user
 from modules.monitoring.drift import Drift, DriftArgs, drift_mlflow_user
+from modules.monitoring.feedback import Feedback, FeedbackArgs
 from modules.monitoring.pushgateway import Pushgateway, PushgatewayArgs
 from modules.tenants import READER_SECRET as TENANT_READER_SECRET
 from modules.tenants import TenantSpec, Tenants, TenantsArgs, quota_hard, tenant_mlflow_users
@@ -79,7 +83,7 @@ def declare(config: StackConfig) -> None:
             "serving": (ns.serving, "baseline"),
             # the engine's release namespace: Helm creates none, and the charts have no template for it
             **({"kserve": (KSERVE_NAMESPACE, "restricted")} if config.serving.engine == "kserve"
-               else {"seldon": (SELDON_NAMESPACE, "restricted")}),
+               else {"seldon": (SELDON_NAMESPACE, "restricted")} if config.serving.engine == "seldon" else {}),
             # node-exporter reads the host; without it (Autopilot) the chart's pods meet baseline
             "monitoring": (ns.monitoring, "privileged" if host_access(config) else "baseline"),
             **({"workloads": (ns.workloads, "restricted")} if config.workloads.any_enabled else {}),
@@ -150,7 +154,7 @@ def declare(config: StackConfig) -> None:
         pushgateway = _platform_pushgateway(config, namespaces, pulumi.ResourceOptions.merge(
             k8s_opts, kube.after([users.ready, monitoring])))
 
-    engine = _serving_engine(config, gateway, namespaces, images, object_store, monitoring, k8s_opts)
+    engine = _serving_engine(config, platform, gateway, namespaces, images, object_store, monitoring, k8s_opts)
     model_urls = _models(config, engine, platform, object_store, namespaces, serving_access,
                          RegistryAccess(tracking_uri=mlflow.url, credentials_secret=MODEL_READER_SECRET),
                          users.ready, k8s_opts, _inference_log(config, object_store, namespaces, k8s_opts))
@@ -183,7 +187,7 @@ def declare(config: StackConfig) -> None:
         pulumi.export("mlflowCiPassword", users.passwords[CI_MLFLOW_USER])
     pulumi.export("grafanaUrl", gateway.url(f"grafana.{domain}"))
     pulumi.export("grafanaAdminPassword", grafana_password)
-    pulumi.export("modelsBaseUrl", f"{gateway.url(f'models.{domain}')}/{config.serving.engine}/{ns.serving}/")
+    pulumi.export("modelsBaseUrl", _models_base_url(config, gateway))
     if gateway.port_forward is not None:
         pulumi.export("gatewayPortForward", gateway.port_forward)
     pulumi.export("modelUrls", model_urls)
@@ -269,12 +273,30 @@ def _tenant_models(config: StackConfig, engine: ServingEngine, platform: Platfor
     after = pulumi.ResourceOptions.merge(opts, kube.after([reader]))
     urls: dict[str, dict[str, pulumi.Output[str]]] = {}
     for name, t in config.tenants.items():
+        if t.serving.mode == "shared":  # docs/decisions/0020-multi-model-serving.md
+            for server, models in t.serving.servers(list(t.models)):
+                shared = engine.deploy_shared(f"{name}.{server}", SharedServerArgs(
+                    namespace=tenants.namespaces[name], object_name=server, registry=registry, placement=placement,
+                    models={m: _source(t.models[m].source, poll) for m in models},
+                    resources=t.serving.server_resources(len(models)).to_k8s()), opts=after)
+                urls.setdefault(name, {}).update(shared.urls)
+            continue
         for model, spec in t.models.items():
             args = replace(_deployment_args(spec, tenants.namespaces[name], None, registry, poll),
                            service_account=None, placement=placement, object_name=model)
             # '.' is in no tenant or model name: distinct Pulumi names for every tenant's every model
             urls.setdefault(name, {})[model] = engine.deploy(f"{name}.{model}", args, opts=after).url
     return urls
+
+
+def _tenant_endpoint(config: StackConfig, tenant: str, namespace: pulumi.Input[str], model: str) -> pulumi.Output[str]:
+    """A tenant model's in-cluster predictions URL: its shared server's, or its own Seldon executor's."""
+    t = config.tenants[tenant]
+    if t.serving.mode == "shared":
+        return shared_in_cluster_url(namespace, next(s for s, ms in t.serving.servers(list(t.models)) if model in ms),
+                                     model)
+    spec = t.models[model]
+    return in_cluster_url(namespace, model, spec.source.protocol if spec.source.image else "v2")
 
 
 def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, images: StackImages,
@@ -287,9 +309,8 @@ def _evaluation(config: StackConfig, namespaces: Namespaces, tenants: Tenants, i
         return
     platform_ns = namespaces.names["platform"]
     after_opts = pulumi.ResourceOptions.merge(opts, kube.after(after))
-    endpoints = {name: {model: in_cluster_url(tenants.namespaces[name], model,
-                                              spec.source.protocol if spec.source.image else "v2")
-                        for model, spec in config.tenants[name].models.items()}
+    endpoints = {name: {model: _tenant_endpoint(config, name, tenants.namespaces[name], model)
+                        for model in config.tenants[name].models}
                  for name in (e.tenants or config.tenants) if config.tenants[name].models}
     Evaluation("evaluation", EvaluationArgs(
         namespace=platform_ns, image=images.ref("evaluation.image", e.image), schedule=e.schedule,
@@ -416,6 +437,16 @@ def _drift(config: StackConfig, namespaces: Namespaces, images: StackImages, sto
             resources=d.resources.to_k8s(), s3_credentials=store.credentials.get(DRIFT_CLIENT),
             s3_endpoint=store.endpoint_url,
         ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
+        if m.feedback is not None:  # labels beside the sample, scored as F1/accuracy (docs/decisions/0018-label-feedback.md)
+            Feedback(f"feedback-{name}", FeedbackArgs(
+                namespace=namespaces.names["platform"], image=images.ref("serving.drift.image", d.image),
+                schedule=m.feedback.schedule, time_zone=config.workloads.time_zone, model=model, alias=alias,
+                metric=config.serving.models[name].feedback_metric, positive_class=m.feedback.positive_class,
+                log_uri=_inference_log_uri(store), window_hours=m.feedback.window_hours,
+                min_labels=m.feedback.min_labels, retention_days=m.retention_days, pushgateway_url=pushgateway.url,
+                resources=d.resources.to_k8s(), s3_credentials=store.credentials.get(DRIFT_CLIENT),
+                s3_endpoint=store.endpoint_url,
+            ), opts=pulumi.ResourceOptions.merge(opts, kube.after(after)))
 
 
 def _ci(config: StackConfig, platform: Platform, serving_ns: pulumi.Output[str], users: MlflowUsers,
@@ -486,9 +517,40 @@ def _gateway(config: StackConfig, platform: Platform, opts: pulumi.ResourceOptio
             tls=tls,
             service_annotations=platform.gateway_service_annotations,
             dns=dns,
+            jwt=_endpoint_jwt(config),
+            sso=_sso(config, [f"{service}.{g.domain}" for service in ("mlflow", "grafana")]),
         ),
         opts=opts,
     )
+
+
+def _endpoint_jwt(config: StackConfig) -> JwtPolicy | None:
+    """Tokens on every tenant's and the platform's model endpoints but those left anonymous."""
+    a = config.gateway.auth
+    if a is None or a.mode != "jwt":
+        return None
+    assert a.issuer is not None  # AuthConfig requires it in mode jwt
+    serving = config.namespaces.serving
+    return JwtPolicy(
+        issuer=a.issuer, audiences=tuple(a.audiences), tenant_claim=a.tenant_claim, tenant_value=a.tenant_value,
+        admin_values=tuple(a.admin_values), jwks_uri=a.jwks_uri, jwks=a.jwks,
+        engine=config.serving.engine, tenants=tuple(t for t in config.tenants if t not in a.anonymous),
+        platform=() if serving in a.anonymous else (serving,), open=tuple(a.anonymous))
+
+
+def _sso(config: StackConfig, hosts: list[str]) -> Sso | None:
+    """oauth2-proxy in front of MLflow and Grafana, with a generated cookie secret (24 bytes)."""
+    a = config.gateway.auth
+    if a is None or a.sso is None:
+        return None
+    assert a.issuer is not None  # AuthConfig requires it with sso
+    s = a.sso
+    return Sso(issuer=a.issuer, client_id=s.client_id, client_secret=pulumi.Output.secret(
+                   s.client_secret.get_secret_value()),
+               cookie_secret=_secret_or_generated("oauth2-proxy-cookie-secret", None, config.protected),
+               cookie_domain=f".{config.gateway.domain}", hosts=tuple(hosts), secure=config.gateway.tls.enabled,
+               image=s.image.ref, resources=s.resources.to_k8s(), email_domains=tuple(s.email_domains),
+               allowed_groups=tuple(s.allowed_groups))
 
 
 def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
@@ -533,10 +595,15 @@ def _monitoring(config: StackConfig, namespaces: Namespaces, platform: Platform,
     )
 
 
-def _serving_engine(config: StackConfig, gateway: IstioGateway, namespaces: Namespaces, images: StackImages,
-                    object_store: ObjectStore, monitoring: Monitoring, opts: pulumi.ResourceOptions) -> ServingEngine:
+def _serving_engine(config: StackConfig, platform: Platform, gateway: IstioGateway, namespaces: Namespaces,
+                    images: StackImages, object_store: ObjectStore, monitoring: Monitoring,
+                    opts: pulumi.ResourceOptions) -> ServingEngine:
     s = config.serving.seldon
     mlserver = images.resolve("serving.seldon.mlserverImage", s.mlserver_image)
+    if config.serving.engine == "sagemaker":
+        return _sagemaker(config, platform, pulumi.Output.concat(mlserver.repository, ":", mlserver.version))
+    if config.serving.engine == "vertex":
+        return _vertex(config, platform, pulumi.Output.concat(mlserver.repository, ":", mlserver.version))
     if config.serving.engine == "kserve":
         return _kserve(config, gateway, namespaces, object_store, monitoring,
                        pulumi.Output.concat(mlserver.repository, ":", mlserver.version), opts)
@@ -585,6 +652,54 @@ def _kserve(config: StackConfig, gateway: IstioGateway, namespaces: Namespaces, 
         ),
         opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])),
     )
+
+
+def _models_base_url(config: StackConfig, gateway: IstioGateway) -> pulumi.Input[str]:
+    """Where models answer: the gateway's engine path, SageMaker's runtime API (SigV4-signed) or
+    Vertex AI's regional API (OAuth 2 access tokens)."""
+    if config.serving.engine == "sagemaker" and config.aws is not None:
+        from modules.serving.sagemaker import RUNTIME_URL
+
+        return RUNTIME_URL.format(region=config.aws.region)
+    if config.serving.engine == "vertex" and config.gcp is not None:
+        from modules.serving.vertex import API_HOST
+
+        g = config.gcp
+        return f"https://{API_HOST.format(region=g.region)}/v1/projects/{g.project}/locations/{g.region}/endpoints/"
+    return f"{gateway.url(f'models.{config.gateway.domain}')}/{config.serving.engine}/{config.namespaces.serving}/"
+
+
+def _sagemaker(config: StackConfig, platform: Platform, mlserver: pulumi.Output[str]) -> ServingEngine:
+    """Endpoints beside the cluster (eks only, checked by the config): AWS resources on the
+    platform's provider, the MLServer image the stack pushed to its ECR. Imported here, as the
+    platforms are: pulumi_aws is the aws extra's."""
+    from modules.platform.eks import EksPlatform
+    from modules.serving.sagemaker import SageMaker, SageMakerArgs
+
+    assert isinstance(platform, EksPlatform) and platform.registry is not None  # managed_engine_problems
+    aws_ctx, sm = platform.aws_context(), config.serving.sagemaker
+    repository = platform.registry.repositories["mlserver"]
+    return SageMaker("serving", SageMakerArgs(
+        prefix=aws_ctx.prefix, region=aws_ctx.region, image=mlserver, repository_arn=repository.arn,
+        key_arn=aws_ctx.key_arn, mlflow_runtime=config.serving.seldon.mlflow_runtime, instance_type=sm.instance_type,
+        invocations_per_instance=sm.invocations_per_instance, scale_in_cooldown=sm.scale_in_cooldown,
+        scale_out_cooldown=sm.scale_out_cooldown, startup_timeout=sm.startup_timeout,
+        log_retention_days=aws_ctx.log_retention_days,
+    ), opts=pulumi.ResourceOptions.merge(aws_ctx.opts, pulumi.ResourceOptions(depends_on=[repository])))
+
+
+def _vertex(config: StackConfig, platform: Platform, mlserver: pulumi.Output[str]) -> ServingEngine:
+    """Endpoints beside the cluster (gke only, checked by the config): Google resources on the
+    platform's provider, the MLServer image the stack pushed to its Artifact Registry."""
+    from modules.platform.gke import GkePlatform
+    from modules.serving.vertex import Vertex, VertexArgs
+
+    assert isinstance(platform, GkePlatform)  # managed_engine_problems
+    g = platform.gcp_context()
+    return Vertex("serving", VertexArgs(
+        project=g.project, region=g.region, prefix=g.prefix, image=mlserver, repository=g.repository,
+        mlflow_runtime=config.serving.seldon.mlflow_runtime, machine_type=config.serving.vertex.machine_type,
+    ), opts=pulumi.ResourceOptions.merge(g.opts, pulumi.ResourceOptions(depends_on=[g.repository])))
 
 
 def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:

@@ -14,14 +14,17 @@ from pydantic import BaseModel, ValidationError
 
 from infra.config import StackConfig
 from infra.defaults import CLOUD_SECTION, deep_merge, with_defaults
-from infra.images import image_problems
+from infra.config.gateway import auth_problems
+from infra.config.serving import managed_engine_problems
+from infra.images import build_platforms, built_slots, image_problems
 
 PROJECT = "mlops-stack"
 # Config fields that must be stored encrypted (`pulumi config set --secret`).
 SECRET_PATHS = (("mlflow", "adminPassword"), ("monitoring", "grafanaAdminPassword"),
                 ("ci", "runners", "githubToken"), ("images", "password"), ("database", "external", "password"),
                 ("monitoring", "alerting", "receivers", "*", "credential"),  # "*": any key
-                ("database", "backup", "offsite", "accessKeyId"), ("database", "backup", "offsite", "secretAccessKey"))
+                ("database", "backup", "offsite", "accessKeyId"), ("database", "backup", "offsite", "secretAccessKey"),
+                ("gateway", "auth", "sso", "clientSecret"))
 
 
 class ConfigError(Exception):
@@ -375,7 +378,8 @@ def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = Non
                        stack: str | None = None) -> StackConfig:
     """Validate `raw` layered over its defaults; raise ConfigError listing every problem.
 
-    With `stack`, names derived from the stack name are checked too (the program passes it)."""
+    With `stack`, names derived from the stack name are checked too, and that a prod stack decided
+    gateway.auth (the program passes it; config fragments in tests do not)."""
     merged = with_defaults(dict(raw))
     problems = _cross_checks(merged, secret_top or set())
     # a cloud section on another platform is reported once above, not field by field
@@ -388,6 +392,12 @@ def parse_stack_config(raw: Mapping[str, Any], secret_top: set[str] | None = Non
     problems += _cloud_checks(config) + _gateway_checks(config) + _database_checks(config) + (
         _name_checks(config, stack) if stack is not None else [])
     problems += image_problems(config)
+    problems += [_problem(*p) for p in auth_problems(config.gateway.auth, config.environment, config.tenants,
+                                                     config.namespaces.serving, deployed=stack is not None)]
+    # the stack's own registry: ECR (eks) or Artifact Registry (gke)
+    in_registry = config.images.registry is None and "serving.seldon.mlserverImage" in built_slots(config)
+    problems += [_problem(*p) for p in managed_engine_problems(config.platform, config.serving, in_registry,
+                                                               build_platforms(config))]
     if problems:
         raise ConfigError(problems)
     return config

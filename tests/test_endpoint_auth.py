@@ -411,12 +411,12 @@ def _problems(values: tuple[dict[str, str], list], stack: str | None = None) -> 
 
 
 def test_a_prod_stack_must_decide():
-    values, secret_keys = _values("full-kserve", {})
+    values, secret_keys = _values("full-eks", {})
     assert values["mlops-stack:environment"] == "prod"
     undecided = {k: v for k, v in json.loads(values["mlops-stack:gateway"]).items() if k != "auth"}
-    problems = _problems(({**values, "mlops-stack:gateway": json.dumps(undecided)}, secret_keys), "full-kserve")
+    problems = _problems(({**values, "mlops-stack:gateway": json.dumps(undecided)}, secret_keys), "full-eks")
     assert "gateway.auth.mode: got null; required on prod stacks" in problems
-    config = parse_stack_config(*raw_from_pulumi_config(values, secret_keys), stack="full-kserve")
+    config = parse_stack_config(*raw_from_pulumi_config(values, secret_keys), stack="full-eks")
     assert config.gateway.auth.mode == "anonymous"
 
 

@@ -149,12 +149,15 @@ def test_pinned_model_uses_the_storage_initializer_with_the_bucket_secret(full_p
 
 def _above_serving(plan: Plan) -> dict[str, Any]:
     """Every resource outside the engine's component, keyed by URN, as JSON; the engine's own
-    namespace is the engine's too. The KServe stack's name is read as the Seldon one's."""
+    namespace is the engine's too. The KServe stack's name is read as the Seldon one's, and so is
+    the gateway path of its platform models (`/kserve/serving/*`), which the endpoint policy names."""
     kept = {}
     for r in plan.resources:
         if "mlops:serving:" in r["urn"] or r["urn"].endswith(("namespaces-seldon", "namespaces-kserve")):
             continue
         body = json.dumps({k: r.get(k) for k in ("type", "inputs", "manifest")}, sort_keys=True, default=str)
+        if r["name"] == "gateway-auth-endpoints":
+            body = body.replace('"/kserve/serving/*"', '"/seldon/serving/*"')
         kept[r["urn"].replace(":full-kserve::", ":full::")] = body.replace("full-kserve", "full")
     return kept
 

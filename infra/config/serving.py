@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from infra.config.base import DNS_LABEL, Image, Model, Resources
 from infra.config.drift import DriftJobConfig, ModelMonitoringConfig
+from infra.config.feedback import DEMO_METRICS, FEEDBACK_DIRECTORY
 
 
 class SeldonConfig(Model):
@@ -42,6 +44,33 @@ class KServeConfig(Model):
             raise ValueError("serving.kserve.scaleToZero needs deploymentMode: Knative (Standard mode's HPA "
                              "keeps at least one replica)")
         return self
+
+
+class SageMakerConfig(Model):
+    """`serving.sagemaker`, read when `engine: sagemaker` (eks only; modules/serving/sagemaker.py,
+    docs/decisions/0021-sagemaker-engine.md). A model's `replicas` or `autoscaling.min/maxReplicas`
+    are its variant's instance counts; its `resources` do not apply (the instance type sizes it)."""
+
+    instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9]+$",
+                               description="real-time inference instance type of every variant, priced in "
+                                           "pricing/aws-sagemaker-eu-west-1.yaml")
+    invocations_per_instance: int = Field(default=100, ge=1, le=100000, description="autoscaling target: "
+                                          "SageMakerVariantInvocationsPerInstance, requests per instance per minute")
+    scale_in_cooldown: int = Field(default=300, ge=0, le=3600, description="seconds between scale-in steps")
+    scale_out_cooldown: int = Field(default=60, ge=0, le=3600, description="seconds between scale-out steps")
+    startup_timeout: int = Field(default=600, ge=60, le=3600, description="seconds for the model download and "
+                                 "for the container to answer /ping (SageMaker allows 60-3600)")
+
+
+class VertexConfig(Model):
+    """`serving.vertex`, read when `engine: vertex` (gke only; modules/serving/vertex.py,
+    docs/decisions/0022-vertex-engine.md). A model's `replicas` or `autoscaling.min/maxReplicas`
+    (and `targetCpuPercent`) size its deployed models; its `resources` do not apply (the machine
+    type sizes them)."""
+
+    machine_type: str = Field(default="n1-standard-2", pattern=r"^[a-z][a-z0-9]*-[a-z]+(-[0-9]+)?$",
+                              description="Compute Engine machine type of every deployed model's nodes, priced in "
+                                          "pricing/gcp-vertex-europe-west1.yaml")
 
 
 ALIAS = r"^[\w-]+$"  # MLflow's alias rule (mlflow.utils.validation); "latest" and v<N> are reserved
@@ -152,6 +181,32 @@ class ServedModelConfig(Model):
                              "(leave sampleRate at 0)")
         return self
 
+    @property
+    def feedback_metric(self) -> str:
+        """What monitoring.feedback computes: its `metric`, else the demo model's."""
+        feedback = self.monitoring.feedback
+        assert feedback is not None
+        metric = feedback.metric or DEMO_METRICS.get(self.source.model or "")
+        if metric is None:
+            raise ValueError(f"monitoring.feedback.metric: registered model {self.source.model!r} is no demo "
+                             f"workload's; set it to one of accuracy, f1")
+        return metric
+
+    @model_validator(mode="after")
+    def _feedback_needs_the_sample(self) -> ServedModelConfig:
+        """Labels are joined to the sampled answers by request id: no sample, nothing to score. The
+        labels live in the `feedback` folder beside the aliases' samples, so no alias may be called so."""
+        if self.monitoring.feedback is None:
+            return self
+        if self.monitoring.sample_rate <= 0:
+            raise ValueError("monitoring.feedback needs monitoring.sampleRate > 0: labels are joined to the "
+                             "sampled requests by request id (1 scores every labelled request)")
+        if FEEDBACK_DIRECTORY in {s.alias for s in self.aliases}:
+            raise ValueError(f"alias {FEEDBACK_DIRECTORY!r} is where monitoring.feedback keeps the labels; "
+                             "serve another alias name")
+        self.feedback_metric  # noqa: B018 (raises for a model without a known metric)
+        return self
+
 
 class RegistryServingConfig(Model):
     poll_seconds: int = Field(default=30, ge=5, le=3600, description="how often alias models look their alias "
@@ -167,9 +222,12 @@ def dns_model_names(models: dict[str, ServedModelConfig]) -> dict[str, ServedMod
 
 
 class ServingConfig(Model):
-    engine: Literal["seldon", "kserve"] = Field(description="serving engine behind modules/serving/contract.py")
+    engine: Literal["seldon", "kserve", "sagemaker", "vertex"] = Field(
+        description="serving engine behind modules/serving/contract.py; sagemaker: eks only, vertex: gke only")
     seldon: SeldonConfig
     kserve: KServeConfig = KServeConfig()
+    sagemaker: SageMakerConfig = SageMakerConfig()
+    vertex: VertexConfig = VertexConfig()
     models: dict[str, ServedModelConfig] = Field(
         default_factory=dict, description="models to serve, by name (a DNS label)")
     registry: RegistryServingConfig = RegistryServingConfig()
@@ -194,3 +252,70 @@ class ServingConfig(Model):
     @classmethod
     def _model_names(cls, v: dict[str, ServedModelConfig]) -> dict[str, ServedModelConfig]:
         return dns_model_names(v)
+
+
+GRAVITON = re.compile(r"^ml\.[a-z]+[0-9]+g[a-z]*\.")  # SageMaker's Arm instance types (ml.c7g, ml.m6g ...)
+
+
+@dataclass(frozen=True)
+class ManagedEngine:
+    """What a managed engine (endpoints beside the cluster) needs from the stack."""
+
+    platform: str  # the only platform whose registry, buckets and IAM it uses
+    service: str  # its name in messages
+    uses: str  # what of the platform it uses
+    scheme: str  # of the registry versions' artifact prefixes it downloads
+    registry: str  # where the stack pushes the MLServer image
+    machine_key: str  # its machine/instance type key under serving.<engine>
+    decision: str
+
+
+MANAGED_ENGINES = {
+    "sagemaker": ManagedEngine("eks", "SageMaker endpoints", "the eks platform's ECR, S3 buckets, KMS key and IAM",
+                               "s3", "ECR", "instanceType", "docs/decisions/0021-sagemaker-engine.md"),
+    "vertex": ManagedEngine("gke", "Vertex AI endpoints", "the gke platform's project, Artifact Registry, GCS "
+                            "buckets and IAM", "gs", "Artifact Registry", "machineType",
+                            "docs/decisions/0022-vertex-engine.md"),
+}
+
+
+def managed_engine_problems(platform: str, serving: ServingConfig, mlserver_in_registry: bool,
+                            image_platforms: tuple[str, ...]) -> list[tuple[str, Any, str]]:
+    """(key, value, why) for what a managed engine (`sagemaker`, `vertex`) cannot serve: another
+    platform than its cloud's, a model not pinned to a version's artifact prefix (the service
+    downloads model data itself, so the container follows no alias), an MLServer image outside the
+    stack's registry, or one built without the machine type's architecture; on Vertex also a
+    shadow candidate (Vertex splits traffic, it does not mirror it)."""
+    engine = MANAGED_ENGINES.get(serving.engine)
+    if engine is None:
+        return []
+    name = serving.engine
+    if platform != engine.platform:
+        return [("serving.engine", name, f"{engine.service} use {engine.uses}: allowed on platform "
+                 f"{engine.platform} only; on {platform} allowed seldon or kserve")]
+    problems = []
+    for model_name, model in serving.models.items():
+        for part, source in (("source", model.source), ("candidate", model.candidate)):
+            if source is None or (source.uri or "").startswith(f"{engine.scheme}://"):
+                continue
+            key = f"serving.models.{model_name}.{part}.{source.kind}"
+            value = source.alias if source.kind == "alias" else source.uri if source.kind == "uri" else source.image.ref
+            problems.append((key, value, f"engine {name} serves a registry version's {engine.scheme.upper()} prefix: "
+                             f"allowed {part}: {{uri: {engine.scheme}://…}}; resolve an alias with `mlops "
+                             f"resolve-model --name {source.model or '<model>'} --alias {source.alias or 'champion'}` "
+                             f"at deploy time ({engine.decision})"))
+        if name == "vertex" and model.candidate is not None and model.candidate_mode == "shadow":
+            problems.append((f"serving.models.{model_name}.candidateMode", "shadow", "Vertex AI endpoints split "
+                             "traffic between deployed models and copy none: allowed canary (with canaryPercent)"))
+    if not mlserver_in_registry:
+        problems.append(("serving.seldon.mlserverImage", serving.seldon.mlserver_image.ref, f"engine {name} pulls "
+                         f"the project's MLServer image from the stack's {engine.registry}: allowed images.mode build "
+                         "without images.registry" + (", with mlserver in aws.registryImages" if name == "sagemaker"
+                                                      else "")))
+    machine = serving.sagemaker.instance_type if name == "sagemaker" else serving.vertex.machine_type
+    needed = "linux/arm64" if name == "sagemaker" and GRAVITON.match(machine) else "linux/amd64"
+    if needed not in image_platforms:
+        problems.append((f"serving.{name}.{engine.machine_key}", machine, f"its instances run {needed} and the "
+                         f"stack builds the MLServer image for {', '.join(image_platforms)}: add {needed} to "
+                         "images.platforms, or pick an instance type of that architecture"))
+    return problems
