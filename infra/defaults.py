@@ -63,7 +63,7 @@ BASE: dict[str, Any] = {
         "storageGi": 10,
         "replicas": 1,  # one all-in-one pod; staging/prod: the replicated topology
         "resources": {"cpu": "100m", "memory": "256Mi", "memoryLimit": "512Mi"},
-        "buckets": {"artifacts": "mlflow-artifacts", "datasets": "datasets", "backups": "backups"},
+        "buckets": {"artifacts": "mlflow-artifacts", "backups": "backups"},
     },
     "mlflow": {
         "image": MLFLOW_IMAGE,

@@ -93,7 +93,7 @@ def declare(config: StackConfig) -> None:
     tenants = _tenants(config, platform, namespaces, k8s_opts)
     mlflow_access = BucketAccess(
         client="mlflow", namespace=namespaces.names["mlflow"], service_account="mlflow",
-        buckets=["artifacts", "datasets"],
+        buckets=["artifacts"],
     )
     serving_access = BucketAccess(
         client="model-server", namespace=namespaces.names["serving"], service_account=MODEL_SERVER_ACCOUNT,
@@ -703,11 +703,14 @@ def _vertex(config: StackConfig, platform: Platform, mlserver: pulumi.Output[str
 
 
 def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:
-    if source.image is not None:
-        return CustomImage(image=source.image.ref, protocol=source.protocol)
+    alias = None
     if source.alias is not None:
         assert source.model is not None  # checked by the config model
-        return RegistryAlias(model=source.model, alias=source.alias, runtime=source.runtime, poll_seconds=poll_seconds)
+        alias = RegistryAlias(model=source.model, alias=source.alias, runtime=source.runtime, poll_seconds=poll_seconds)
+    if source.image is not None:
+        return CustomImage(image=source.image.ref, protocol=source.protocol, follows=alias)
+    if alias is not None:
+        return alias
     assert source.uri is not None
     return RegistryModel(uri=source.uri, runtime=source.runtime)
 

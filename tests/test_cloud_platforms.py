@@ -25,7 +25,7 @@ from tests.tools import require_tool
 CLOUDS = ["gke", "eks"]
 GCP_PROJECT = "my-mlops-project"
 CLIENTS = {  # client -> (namespace, Kubernetes service account, buckets, may write)
-    "mlflow": ("mlflow", "mlflow", {"artifacts", "datasets"}, True),
+    "mlflow": ("mlflow", "mlflow", {"artifacts"}, True),
     "model-server": ("serving", "model-server", {"artifacts"}, False),
 }
 STATIC_KEY_TYPES = {"gcp:serviceaccount/key:Key", "gcp:storage/hmacKey:HmacKey", "aws:iam/accessKey:AccessKey"}
@@ -88,8 +88,9 @@ def test_outputs_name_cluster_kubeconfig_registry_mlflow_and_buckets(cloud, plan
     assert outputs["clusterName"] == f"mlops-{cloud}"
     assert outputs["kubeconfig"] == SECRET
     assert outputs["mlflowUrl"] == "https://mlflow.mlops.example.com"
-    # no `backups` bucket on the clouds: the managed databases keep their own backups, nothing writes it
-    assert set(outputs["buckets"]) == {"artifacts", "datasets"}
+    # no `backups` bucket on the clouds: the managed databases keep their own backups, nothing writes it;
+    # no `datasets` bucket anywhere: data copies live in the artifact store (docs/decisions/0023)
+    assert set(outputs["buckets"]) == {"artifacts"}
     registry = {"gke": f"europe-west1-docker.pkg.dev/{GCP_PROJECT}/mlops",
                 "eks": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops"}[cloud]
     assert outputs["registryUrl"] == registry
@@ -145,7 +146,7 @@ def test_gke_declares_the_platform_core(plan_of):
                   "gcp:artifactregistry/repository:Repository"):
         only(plan, token)
     assert {r["name"] for r in of(plan, "gcp:container/nodePool:NodePool")} == {"gke-system", "gke-workload"}
-    assert len(of(plan, "gcp:storage/bucket:Bucket")) == 2  # artifacts, datasets: Cloud SQL keeps its own backups
+    assert len(of(plan, "gcp:storage/bucket:Bucket")) == 1  # artifacts: Cloud SQL keeps its own backups
     apis = {r["inputs"]["service"] for r in of(plan, "gcp:projects/service:Service")}
     assert {"container.googleapis.com", "sqladmin.googleapis.com", "servicenetworking.googleapis.com",
             "artifactregistry.googleapis.com", "iamcredentials.googleapis.com"} <= apis
@@ -199,7 +200,7 @@ def test_cloud_sql_has_no_public_ip_and_requires_tls(plan_of):
 def test_gcs_buckets_are_private_versioned_and_expire_old_versions(plan_of):
     buckets = of(plan_of("gke"), "gcp:storage/bucket:Bucket")
     assert {b["inputs"]["name"] for b in buckets} == {
-        f"{GCP_PROJECT}-mlops-gke-{n}" for n in ("mlflow-artifacts", "datasets")}
+        f"{GCP_PROJECT}-mlops-gke-{n}" for n in ("mlflow-artifacts",)}
     for bucket in buckets:
         spec = bucket["inputs"]
         assert spec["uniformBucketLevelAccess"] is True and spec["publicAccessPrevention"] == "enforced"
@@ -305,7 +306,7 @@ def test_eks_declares_the_platform_core(plan_of):
                   "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
                   "aws:s3/bucketVersioning:BucketVersioning", "aws:s3/bucketPolicy:BucketPolicy",
                   "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"):
-        assert len(of(plan, token)) == 2, token  # artifacts, datasets (no backups bucket on eks)
+        assert len(of(plan, token)) == 1, token  # artifacts (no backups bucket on eks)
     repositories = {r["inputs"]["name"]: r["inputs"] for r in of(plan, "aws:ecr/repository:Repository")}
     assert set(repositories) == {f"mlops/{image}" for image in
                                  ("mlflow-server", "mlserver", "energy", "neo", "mnist", "mnist-server")}

@@ -40,6 +40,15 @@ INVALID = [
      ["mlops-stack:database.backup.schedule: got \"daily\"", "cron"]),
     ({"platform": "minikube", "environment": "dev", "objectStore": {"buckets": {"artifacts": "My_Bucket"}}},
      ["mlops-stack:objectStore.buckets.artifacts: got \"My_Bucket\"", "S3 bucket name"]),
+    ({"platform": "minikube", "environment": "dev", "objectStore": {"buckets": {"datasets": "ml-data"}}},
+     ["mlops-stack:objectStore.buckets", "datasets 'ml-data'", "0023-dataset-copies", "allowed: artifacts, backups"]),
+    ({"platform": "minikube", "environment": "dev", "serving": {"models": {"mnist": {
+        "source": {"image": {"repository": "r/mnist-server", "tag": "0.1.0"}, "model": "mnist", "alias": "champion"},
+        "candidate": {"alias": "challenger"}}}}},
+     ["mlops-stack:serving.models.mnist", "candidate speaks 'v2' and source 'seldon'"]),
+    ({"platform": "minikube", "environment": "dev", "serving": {"models": {"mnist": {
+        "source": {"image": {"repository": "r/mnist-server", "tag": "0.1.0"}, "model": "mnist"}}}}},
+     ["mlops-stack:serving.models.mnist.source", "model 'mnist' is given without alias"]),
     ({"platform": "minikube", "environment": "dev", "kubernetes": {"version": "1.19"}},
      ["mlops-stack:kubernetes.version: got \"1.19\"", "'1.25' to '1.37'"]),
     ({"platform": "minikube", "environment": "dev", "namespaces": {"mlflow": "MLflow"}},

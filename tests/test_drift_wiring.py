@@ -56,11 +56,42 @@ def test_alias_model_containers_sample_and_the_engines_agree(plans):
     kserve = {"main": _kserve_env(plans["full-kserve"], "neo"), "candidate": _kserve_env(plans["full-kserve"],
                                                                                         "neo-candidate")}
     assert {k: _sampling(v) for k, v in kserve.items()} == {k: _sampling(v) for k, v in seldon.items()}
-    # models without sampling (pinned, custom image) get none of it
-    for env in [*_seldon_envs(plans["full"], "neo-pinned").values(), *_seldon_envs(plans["full"], "mnist").values()]:
+    # models without sampling (pinned) and a canary (its share is no pair for the agreement) get none of it
+    for env in [*_seldon_envs(plans["full"], "neo-pinned").values(), _seldon_envs(plans["full"], "mnist")["candidate"]]:
         assert not _sampling(env)
     writer = plans["full"].manifest("Secret", "inference-log-writer", "serving")
     assert set(writer["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_the_mnist_server_follows_its_alias_and_samples_as_its_class_reads_it(plans):
+    """A custom image with model + alias (contract.CustomImage.follows): the env the stack gives the
+    mnist server is the env `MnistClassifier` follows the alias and samples from, on both engines."""
+    from workloads.mnist.serving import ALIAS_URI, POLL_ENV, Sampler
+
+    plan = plans["full"]
+    sd = plan.manifest("SeldonDeployment", "mnist", "serving")
+    assert {k: v for k, v in sd["metadata"]["annotations"].items() if k.endswith("-model")} == {
+        "mlops-stack.io/main-model": "models:/mnist@champion",
+        "mlops-stack.io/candidate-model": "models:/mnist@challenger"}
+    envs = _seldon_envs(plan, "mnist")
+    reader = {"secretKeyRef": {"name": "mlflow-model-reader", "key": "password"}}
+    for role, alias in (("main", "champion"), ("candidate", "challenger")):
+        env = envs[role]
+        assert env["MODEL_URI"] == f"models:/mnist@{alias}" and ALIAS_URI.fullmatch(env["MODEL_URI"])
+        assert env[POLL_ENV] == "20"  # serving.registry.pollSeconds
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.") and env["MLFLOW_TRACKING_PASSWORD"] == reader
+    sampler = Sampler.from_env({k: v for k, v in envs["main"].items() if isinstance(v, str)}, ("mnist", "champion"))
+    assert (sampler.uri, sampler.rate, sampler.model, sampler.alias) == (
+        "s3://mlflow-artifacts/inference-log", 0.05, "mnist", "champion")
+    [container] = plans["full-kserve"].manifest("InferenceService", "mnist", "serving")["spec"]["predictor"]["containers"]
+    assert _env(container) == envs["main"]  # the engines agree
+    state = json.loads(plan.manifest("Secret", "mlflow-users-state", "mlflow")["stringData"]["state.json"])
+    [login] = [u for u in state["users"] if u["username"] == "model-reader"]
+    assert {"kind": "registered_model", "name": "mnist", "permission": "READ"} in login["permissions"]
+    for job in ("drift-mnist", "feedback-mnist"):
+        command = plan.manifest("CronJob", job, "mlops-platform")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+            "containers"][0]["command"]
+        assert command[command.index("--model") + 1] == "mnist", job
 
 
 def test_drift_cron_job_runs_the_command_the_process_test_runs(plans):
@@ -93,7 +124,9 @@ def test_drift_identities_read_only_in_mlflow_and_the_pushgateway_admits_them(pl
     state = json.loads(plan.manifest("Secret", "mlflow-users-state", "mlflow")["stringData"]["state.json"])
     [login] = [u for u in state["users"] if u["username"] == "drift"]
     assert login["permissions"] == [{"kind": "registered_model", "name": "NEOs", "permission": "READ"},
-                                    {"kind": "experiment", "name": "Hazardous_NEOs", "permission": "READ"}]
+                                    {"kind": "experiment", "name": "Hazardous_NEOs", "permission": "READ"},
+                                    {"kind": "registered_model", "name": "mnist", "permission": "READ"},
+                                    {"kind": "experiment", "name": "mnist", "permission": "READ"}]
     gateway = plan.manifest("NetworkPolicy", "pushgateway-ingress", "monitoring")
     assert "mlops-platform" in json.dumps(gateway["spec"])
 

@@ -229,7 +229,7 @@ def test_private_subnets_reach_s3_through_a_gateway_endpoint(plan_of):
 
 def test_eks_has_no_backups_bucket(plan_of):
     plan = plan_of("eks")
-    assert set(plan.outputs["buckets"]) == {"artifacts", "datasets"}
+    assert set(plan.outputs["buckets"]) == {"artifacts"}
     assert not [b for b in inputs(plan, "aws:s3/bucket:Bucket") if "backups" in b["bucketPrefix"]]
 
 

@@ -292,8 +292,7 @@ def test_bucket_job_fails_when_the_master_is_unreachable(onprem):
 
 def test_bucket_job_fails_on_a_bucket_seaweedfs_rejects():
     """The stack config admits `xn--...` (S3 reserves it); the Job must fail, not pass."""
-    plan = plan_with_buckets("dev", {"artifacts": "mlflow-artifacts", "datasets": "xn--datasets",
-                                        "backups": "backups"})
+    plan = plan_with_buckets("dev", {"artifacts": "xn--artifacts", "backups": "backups"})
     with weed_server(plan) as server:
         result = run_bucket_job(plan, server.master)
         assert result.returncode != 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -87,9 +87,21 @@ class DatabaseConfig(Model):
 
 
 class Buckets(Model):
+    """Buckets by purpose. Training data copies live in `artifacts`, through MLflow's proxied
+    artifacts (docs/decisions/0023-dataset-copies.md): there is no `datasets` bucket."""
+
     artifacts: str
-    datasets: str
     backups: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_datasets_bucket(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "datasets" in data:
+            raise ValueError(f"datasets {data['datasets']!r}: the datasets bucket is gone — every training run's "
+                             "data is copied once per digest into the artifacts bucket through MLflow (experiment "
+                             "'datasets', docs/decisions/0023-dataset-copies.md); remove the key (allowed: "
+                             "artifacts, backups)")
+        return data
 
     @field_validator("*")
     @classmethod

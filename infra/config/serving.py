@@ -78,7 +78,9 @@ ALIAS = r"^[\w-]+$"  # MLflow's alias rule (mlflow.utils.validation); "latest" a
 
 class ModelSourceConfig(Model):
     """Exactly one of: `alias` (+ `model`: the registry version an alias points at, followed as it
-    moves), `uri` (one version's artifacts, pinned) or `image` (a custom model server image)."""
+    moves), `uri` (one version's artifacts, pinned) or `image` (a custom model server image). An
+    `image` with `model` + `alias` is a custom server that loads and follows that alias itself (the
+    mnist server; modules/serving/contract.py CustomImage.follows)."""
 
     model: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[^/:]+$",
                               description="registered model name (with alias); a candidate inherits the source's")
@@ -87,7 +89,8 @@ class ModelSourceConfig(Model):
     uri: str | None = Field(default=None, description="s3://, gs:// or https:// artifact URI of a model version")
     runtime: Literal["mlflow"] = Field(default="mlflow", description="registry models run on the project's "
                                        "MLServer image with its MLflow runtime")
-    image: Image | None = None
+    image: Image | None = Field(default=None, description="custom model server image; with model + alias the "
+                                "server follows that alias (MODEL_URI, MODEL_POLL_SECONDS, read-only login)")
     protocol: Literal["seldon", "v2"] = Field(default="seldon", description="protocol of a custom image")
 
     @field_validator("runtime", mode="before")
@@ -108,7 +111,9 @@ class ModelSourceConfig(Model):
 
     @property
     def kind(self) -> str | None:
-        kinds = [k for k, v in (("alias", self.alias), ("uri", self.uri), ("image", self.image)) if v is not None]
+        if self.image is not None:
+            return "image" if self.uri is None else None
+        kinds = [k for k, v in (("alias", self.alias), ("uri", self.uri)) if v is not None]
         return kinds[0] if len(kinds) == 1 else None
 
     @model_validator(mode="after")
@@ -117,11 +122,13 @@ class ModelSourceConfig(Model):
             raise ValueError(f"model {self.model!r} is given without alias: add alias (e.g. champion)")
         if self.kind is None:
             raise ValueError("exactly one of alias (+ model: follow a registry alias), uri (one version's "
-                             "artifacts) or image (custom server) is allowed")
+                             "artifacts) or image (custom server; with model + alias it follows that alias) "
+                             "is allowed")
         if self.alias is not None and self.model is None:
             raise ValueError(f"alias {self.alias!r} needs model: the registered model name (e.g. model: NEOs)")
         if self.model is not None and self.alias is None:
-            raise ValueError(f"model {self.model!r} goes with alias only (uri and image name no registered model)")
+            raise ValueError(f"model {self.model!r} is given without alias: add alias (e.g. champion); a uri "
+                             "names no registered model")
         if self.uri is not None and not self.uri.startswith(("s3://", "gs://", "https://")):
             raise ValueError(f"uri {self.uri!r}: an s3://, gs:// or https:// URI is allowed "
                              "(resolve models:/name@alias to its artifact URI first)")
@@ -168,6 +175,16 @@ class ServedModelConfig(Model):
             data = {**data, "candidate": {**candidate, "model": source["model"]}}
         return data
 
+    @model_validator(mode="after")
+    def _candidate_protocol(self) -> ServedModelConfig:
+        """Seldon and KServe route one protocol per model: a candidate answers the same requests."""
+        speaks = lambda s: s.protocol if s.image is not None else "v2"  # noqa: E731
+        if self.candidate is not None and speaks(self.candidate) != speaks(self.source):
+            raise ValueError(f"candidate speaks {speaks(self.candidate)!r} and source {speaks(self.source)!r}: a "
+                             "candidate must answer the same requests (a custom image's protocol, v2 otherwise); "
+                             "give the candidate the source's image kind")
+        return self
+
     @property
     def aliases(self) -> list[ModelSourceConfig]:
         return [s for s in (self.source, self.candidate) if s is not None and s.alias is not None]
@@ -176,9 +193,9 @@ class ServedModelConfig(Model):
     def _sampling_source(self) -> ServedModelConfig:
         rate = self.monitoring.sample_rate
         if rate > 0 and self.source.alias is None:
-            raise ValueError(f"monitoring.sampleRate {rate}: only a model served by alias (source: {{model, alias}}) "
-                             "can sample, in the project's MLServer runtime; a uri or image source has no sampler "
-                             "(leave sampleRate at 0)")
+            raise ValueError(f"monitoring.sampleRate {rate}: only a model served by alias (source: {{model, alias}}, "
+                             "or a custom image with model + alias whose server samples, as mnist's does) can "
+                             "sample; a pinned uri or an image without an alias has no sampler (leave sampleRate at 0)")
         return self
 
     @property
@@ -241,7 +258,7 @@ class ServingConfig(Model):
 
     @model_validator(mode="after")
     def _alias_runtime(self) -> ServingConfig:
-        aliased = [name for name, model in self.models.items() if model.aliases]
+        aliased = [name for name, model in self.models.items() if any(s.kind == "alias" for s in model.aliases)]
         if aliased and not self.seldon.mlflow_runtime.startswith("mlops_mlserver."):
             raise ValueError(f"models {aliased} are served by alias, which needs the project's MLServer image and "
                              f"runtime; serving.seldon.mlflowRuntime is {self.seldon.mlflow_runtime!r}: use "

@@ -297,7 +297,7 @@ def _shared_problems(t: TenantConfig) -> list[str]:
         where = f"models.{model}"
         if SHARED_SERVER.match(model):
             problems.append(f"{where}: the name is a shared server's (models-<n>); rename the model")
-        if spec.source.alias is None:
+        if spec.source.kind != "alias":
             problems.append(f"{where}.source: a shared server serves registry aliases only; serve it with "
                             "serving.mode dedicated")
         if spec.candidate is not None or spec.replicas != 1 or spec.autoscaling is not None:

@@ -62,7 +62,7 @@ class S3Credentials:
 
 @dataclass(frozen=True)
 class ObjectStore:
-    """Buckets by purpose (`artifacts`, `datasets`, `backups`) and how clients reach them."""
+    """Buckets by purpose (`artifacts`, `backups`) and how clients reach them."""
 
     scheme: Literal["s3", "gs"]
     buckets: Mapping[str, pulumi.Input[str]]

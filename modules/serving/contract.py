@@ -1,6 +1,5 @@
 """The serving layer's interface: workloads ask for "this model, served like this" and never name
-the engine. Seldon Core v1 implements it today (`seldon.py`); KServe can implement it later
-without touching a workload.
+the engine. Seldon Core v1 (`seldon.py`), KServe (`kserve.py`), SageMaker and Vertex AI implement it.
 
 Every engine implements the three source kinds. `RegistryAlias` is the normal one and carries a
 behaviour, not just a location (docs/decisions/0006-serve-by-alias.md): the pods resolve the alias
@@ -84,14 +83,27 @@ class InferenceLog:
 
 @dataclass(frozen=True)
 class CustomImage:
-    """A model server image (e.g. a Seldon Python wrapper class) built by the model pipeline."""
+    """A model server image (e.g. a Seldon Python wrapper class) built by the model pipeline.
+
+    With `follows`, the server loads and follows that registry alias itself, as the mnist server
+    does (workloads/mnist/serving.py): engines give it `MODEL_URI=models:/<model>@<alias>`,
+    `MODEL_POLL_SECONDS`, the read-only MLflow login (`MLFLOW_TRACKING_*`) and, when sampled, the
+    `MLOPS_INFERENCE_LOG_*` settings — the same contract as the project's MLServer runtime."""
 
     image: str
     protocol: Literal["seldon", "v2"] = "seldon"
     env: Mapping[str, str] = field(default_factory=dict)
+    follows: RegistryAlias | None = None
 
 
 ModelSource = RegistryModel | RegistryAlias | CustomImage
+
+
+def followed_alias(source: ModelSource | None) -> RegistryAlias | None:
+    """The registry alias a source serves and follows: its own, or a custom server's `follows`."""
+    if isinstance(source, RegistryAlias):
+        return source
+    return source.follows if isinstance(source, CustomImage) else None
 
 
 @dataclass(frozen=True)
@@ -125,12 +137,13 @@ class ModelDeploymentArgs:
     inference_log: InferenceLog | None = None
 
     def __post_init__(self) -> None:
-        aliased = [s for s in (self.source, self.candidate) if isinstance(s, RegistryAlias)]
+        aliased = [a for s in (self.source, self.candidate) if (a := followed_alias(s)) is not None]
         if aliased and self.registry is None:
             raise ValueError(f"models:/{aliased[0].model}@{aliased[0].alias} is served by alias: "
                              "ModelDeploymentArgs.registry (tracking URL + read-only credentials) is required")
-        if self.inference_log is not None and not isinstance(self.source, RegistryAlias):
-            raise ValueError("inference_log: only a RegistryAlias source samples (the project's MLServer runtime)")
+        if self.inference_log is not None and followed_alias(self.source) is None:
+            raise ValueError("inference_log: only a source that follows a registry alias samples (the project's "
+                             "MLServer runtime, or a custom server with `follows`)")
 
     def inference_log_of(self, source: ModelSource) -> InferenceLog | None:
         """The sample settings of one of the two sources: a shadow sees the same requests as the main
@@ -138,7 +151,7 @@ class ModelDeploymentArgs:
         job reads, or prunes, it)."""
         if source is self.candidate and self.candidate_mode != "shadow":
             return None
-        return self.inference_log if isinstance(source, RegistryAlias) else None
+        return self.inference_log if followed_alias(source) is not None else None
 
 
 class DeployedModel(pulumi.ComponentResource):

@@ -41,7 +41,15 @@ from modules.serving.contract import (
     RegistryModel,
     ServingEngine,
 )
-from modules.serving.seldon import ALIAS_ENV, ALIAS_RUNTIME, NO_WORKERS, alias_annotations, alias_env
+from modules.serving.seldon import (
+    ALIAS_ENV,
+    ALIAS_RUNTIME,
+    NO_WORKERS,
+    alias_annotations,
+    alias_env,
+    custom_env,
+    follower_problems,
+)
 
 CHARTS = "oci://ghcr.io/kserve/charts"
 CRD_CHART = f"{CHARTS}/kserve-crd"
@@ -217,7 +225,7 @@ def predictor_spec(model_name: str, source: ModelSource, args: ModelDeploymentAr
     if isinstance(source, CustomImage):
         port = SELDON_WRAPPER_PORT if source.protocol == "seldon" else HTTP_PORT
         predictor["containers"] = [{"name": CONTAINER, "image": source.image, "resources": dict(args.resources),
-                                    "env": [{"name": k, "value": v} for k, v in source.env.items()],
+                                    "env": custom_env(source, args),
                                     "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}]}]
         return predictor
     # `name`: the runtime's container this one is merged into (the typed model fills it in, as "")
@@ -313,7 +321,7 @@ def _containers(predictor: Mapping[str, Any]) -> list[tuple[str, Mapping[str, An
 def _alias_problems(where: str, container: Mapping[str, Any]) -> list[str]:
     env = {e.get("name"): e for e in container.get("env") or []}
     if env.get("MLSERVER_MODEL_IMPLEMENTATION", {}).get("value") != ALIAS_RUNTIME:
-        return []
+        return follower_problems(where, env)
     problems = []
     if container.get("storageUri") or container.get("storage"):
         problems.append(f"{where}: an alias model loads through MLflow; a storageUri would add the storage "

@@ -29,6 +29,7 @@ from modules.serving.contract import (
     ServingEngine,
     SharedServer,
     SharedServerArgs,
+    followed_alias,
 )
 
 CHART = "seldon-core-operator"
@@ -153,6 +154,22 @@ def alias_env(source: RegistryAlias, registry: RegistryAccess,
 
 
 NO_WORKERS = {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}
+FOLLOWER_ENV = ("MODEL_URI", "MODEL_POLL_SECONDS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD")
+
+
+def custom_env(source: CustomImage, args: ModelDeploymentArgs) -> list[dict[str, Any]]:
+    """A custom server's environment: its own variables, and for one that follows an alias the
+    alias, the poll interval, the read-only login and the request sample (contract.CustomImage).
+    KServe gives the same env (kserve.py `predictor_spec`)."""
+    env = [{"name": k, "value": v} for k, v in source.env.items()]
+    if source.follows is None:
+        return env
+    assert args.registry is not None  # ModelDeploymentArgs checks it
+    a = source.follows
+    return env + [{"name": "MODEL_URI", "value": f"models:/{a.model}@{a.alias}"},
+                  {"name": "MODEL_POLL_SECONDS", "value": str(a.poll_seconds)},
+                  *registry_env(args.registry, args.inference_log_of(source))]
 
 
 def registry_env(registry: RegistryAccess, inference_log: InferenceLog | None = None) -> list[dict[str, Any]]:
@@ -192,7 +209,7 @@ def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow
         if source.runtime == "mlflow" and mlflow_runtime != STOCK_MLFLOW_RUNTIME:
             container["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime}]
     else:
-        container |= {"image": source.image, "env": [{"name": k, "value": v} for k, v in source.env.items()]}
+        container |= {"image": source.image, "env": custom_env(source, args)}
     pod: dict[str, Any] = {"containers": [container], **args.placement}
     if args.service_account:
         pod["serviceAccountName"] = args.service_account
@@ -265,9 +282,9 @@ class SeldonModel(DeployedModel):
 def alias_annotations(args: ModelDeploymentArgs) -> dict[str, str]:
     """Which registry alias each predictor follows (the served version itself changes without a
     redeploy, so it is reported by the pods: metadata, response model_version, metrics)."""
-    found = {"main": args.source, "candidate": args.candidate}
-    return {f"{ANNOTATION_PREFIX}{role}-model": f"models:/{s.model}@{s.alias}"
-            for role, s in found.items() if isinstance(s, RegistryAlias)}
+    found = {"main": followed_alias(args.source), "candidate": followed_alias(args.candidate)}
+    return {f"{ANNOTATION_PREFIX}{role}-model": f"models:/{a.model}@{a.alias}"
+            for role, a in found.items() if a is not None}
 
 
 def _nodes(graph: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -276,11 +293,27 @@ def _nodes(graph: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def follower_problems(where: str, env: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A custom server that follows an alias (MODEL_URI models:/…@…) without the rest of its wiring."""
+    uri = env.get("MODEL_URI", {}).get("value") or ""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return []
+    problems = []
+    missing = [n for n in FOLLOWER_ENV if n not in env]
+    if missing:
+        problems.append(f"{where}: MODEL_URI {uri} follows an alias and needs env {missing}")
+    if "value" in env.get("MLFLOW_TRACKING_PASSWORD", {}):
+        problems.append(f"{where}: MLFLOW_TRACKING_PASSWORD is a plain value; read it from the reader's Secret "
+                        "(valueFrom.secretKeyRef)")
+    return problems
+
+
 def _env_problems(where: str, container: Mapping[str, Any], node: Mapping[str, Any]) -> list[str]:
     """A custom container's env against what the operator does to it, and an alias model's wiring."""
     env = {e.get("name"): e for e in container.get("env") or []}
     problems = [f"{where}: env {name} is set by the operator, and setting it too makes the operator drop the "
                 "container's whole env (SetEnvVar in 1.17.1); remove it" for name in OPERATOR_PORT_ENV if name in env]
+    problems += follower_problems(where, env)
     if env.get("MLSERVER_MODEL_IMPLEMENTATION", {}).get("value") != ALIAS_RUNTIME:
         return problems
     if node.get("modelUri") or node.get("implementation") or node.get("envSecretRefName"):

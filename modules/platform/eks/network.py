@@ -1,7 +1,7 @@
 """A VPC over two or more zones: public subnets for NAT and internet-facing load balancers, private
 subnets for nodes, Pods (VPC CNI) and RDS, tagged so EKS load balancers find the right ones.
 
-S3 traffic of the private subnets (artifacts, datasets, and ECR's image layers, which ECR serves
+S3 traffic of the private subnets (artifacts, and ECR's image layers, which ECR serves
 from S3) takes a gateway endpoint instead of the NAT gateway: gateway endpoints cost nothing, NAT
 data processing does. ECR's API/registry calls (small) still go through NAT: interface endpoints
 for them would cost more per month than the traffic they save at this platform's image sizes."""
