@@ -168,7 +168,7 @@ def declare_mnist_demo(config: StackConfig, gateway: IstioGateway, serving_names
     host = f"models.{config.gateway.domain}"
     MnistDemo("mnist-demo", MnistDemoArgs(
         namespace=serving_namespace,
-        predictions_path=serving_namespace.apply(lambda ns: predictions_path(ns, model)),
+        predictions_path=serving_namespace.apply(lambda ns: predictions_path(ns, model, config.serving.engine)),
         gateway=gateway.gateway, host=host, https_only=gateway.tls,
     ), opts=pulumi.ResourceOptions.merge(opts, kube.after([gateway.ready])))
     pulumi.export("mnistDemoUrl", f"{gateway.url(host)}{PATH_PREFIX}")

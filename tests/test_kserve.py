@@ -150,10 +150,12 @@ def test_pinned_model_uses_the_storage_initializer_with_the_bucket_secret(full_p
 def _above_serving(plan: Plan) -> dict[str, Any]:
     """Every resource outside the engine's component, keyed by URN, as JSON; the engine's own
     namespace is the engine's too. The KServe stack's name is read as the Seldon one's, and so is
-    the gateway path of its platform models (`/kserve/serving/*`), which the endpoint policy names."""
+    the gateway path of its platform models (`/kserve/serving/*`), which the endpoint policy names. The
+    mnist drawing page calls its model's engine route (test_the_drawing_page_calls_the_engines_route)."""
     kept = {}
     for r in plan.resources:
-        if "mlops:serving:" in r["urn"] or r["urn"].endswith(("namespaces-seldon", "namespaces-kserve")):
+        if ("mlops:serving:" in r["urn"] or "mlops:workloads:MnistDemo" in r["urn"]
+                or r["urn"].endswith(("namespaces-seldon", "namespaces-kserve"))):
             continue
         body = json.dumps({k: r.get(k) for k in ("type", "inputs", "manifest")}, sort_keys=True, default=str)
         if r["name"] == "gateway-auth-endpoints":
@@ -167,6 +169,15 @@ def test_engine_choice_changes_nothing_above_the_serving_contract(full_plans):
     assert sorted(seldon) == sorted(kserve)
     assert [urn for urn in seldon if seldon[urn] != kserve[urn]] == []
     assert len(seldon) > 60  # MLflow, database, gateway, monitoring, workloads, CI runners ...
+
+
+def test_the_drawing_page_calls_the_engines_route(full_plans):
+    """The page posts to the mnist model's own URL path on either engine (it once said /seldon/ on KServe)."""
+    for stack in ("full", "full-kserve"):
+        plan = full_plans[stack]
+        page = plan.manifest("ConfigMap", "mnist-demo", "serving")["data"]["index.html"]
+        path = "/" + plan.outputs["modelUrls"]["mnist"].split("://", 1)[1].split("/", 1)[1]
+        assert path.endswith("/serving/mnist/api/v1.0/predictions") and f'content="{path}"' in page, stack
 
 
 def _bad(plan: Plan, mutate) -> dict[str, Any]:

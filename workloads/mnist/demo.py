@@ -38,9 +38,10 @@ HTML_ROOT = "/usr/share/nginx/html"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 
 
-def predictions_path(namespace: str, model: str) -> str:
-    """The Seldon protocol route of a served model on the gateway (Seldon's VirtualService prefix)."""
-    return f"/seldon/{namespace}/{model}/api/v1.0/predictions"
+def predictions_path(namespace: str, model: str, engine: str = "seldon") -> str:
+    """The Seldon protocol route of a served model on the gateway: the engine's prefix (Seldon's
+    VirtualService, or kserve.py's route for a `protocol: seldon` image), then the wrapper's path."""
+    return f"/{engine}/{namespace}/{model}/api/v1.0/predictions"
 
 
 def render_page(predictions: str) -> str:
