@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -25,9 +24,8 @@ import yaml
 
 from mlops.plan import Plan
 from modules.monitoring.alerting import CONFIG_NAME
-from tests.services import free_port, stop, wait_http
+from tests.services import alertmanager, free_port, server_process
 from tests.test_alerting import operator_config
-from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEIVER = ROOT / "modules" / "retraining" / "image" / "mlops_retrain.py"
@@ -143,48 +141,23 @@ def receiver_process(models: Mapping[str, Any], api_server: str, folder: Path) -
     """mlops_retrain.py serve with `models` (the plan's ConfigMap) on 127.0.0.1, creating Jobs at `api_server`."""
     (folder / "models.json").write_text(json.dumps(models))
     port = free_port()
-    log = (folder / "receiver.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, str(RECEIVER), "serve", "--config", str(folder / "models.json"), "--namespace", NS,
-         "--host", "127.0.0.1", "--port", str(port), "--api-server", api_server],
-        stdout=log, stderr=subprocess.STDOUT)
     url = Endpoint(f"http://127.0.0.1:{port}")
-    url.pid = process.pid
-    try:
-        try:
-            wait_http(f"{url}/healthz", timeout=60, process=process)
-        except (RuntimeError, TimeoutError):
-            print((folder / "receiver.log").read_text())
-            raise
+    with server_process([sys.executable, str(RECEIVER), "serve", "--config", str(folder / "models.json"),
+                         "--namespace", NS, "--host", "127.0.0.1", "--port", str(port), "--api-server", api_server],
+                        f"{url}/healthz", folder / "receiver.log") as process:
+        url.pid = process.pid
         yield url
-    finally:
-        stop(process)
 
 
 @contextmanager
 def alertmanager_process(plan: Plan, receiver: str, folder: Path) -> Iterator[str]:
     """A real Alertmanager running the plan's routing (as the operator writes it), the receiver's
     in-cluster URL pointed at the local `receiver` and the group timers shortened."""
-    binary = require_tool("prometheus-alertmanager", "a real Alertmanager (Debian prometheus-alertmanager)")
     spec = copy.deepcopy(plan.manifest("AlertmanagerConfig", CONFIG_NAME, "monitoring")["spec"])
     spec["route"] |= {"groupWait": "1s", "groupInterval": "2s"}
     config = yaml.safe_dump(operator_config(spec, {}), sort_keys=False).replace(IN_CLUSTER_URL, receiver)
-    (folder / "alertmanager.yml").write_text(config)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={folder / 'alertmanager.yml'}", f"--storage.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=(folder / "alertmanager.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http(f"{url}/-/ready", timeout=60, process=process)
-        except (RuntimeError, TimeoutError):
-            print((folder / "alertmanager.log").read_text())
-            raise
+    with alertmanager(config, folder) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def counter(receiver: str, model: str, trigger: str, outcome: str) -> float:

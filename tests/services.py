@@ -97,6 +97,37 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+@contextmanager
+def server_process(command: list[str], ready_url: str, log: Path, timeout: float = 60) -> Iterator[subprocess.Popen]:
+    """`command` with its output in `log`, once `ready_url` answers; a start that fails prints the
+    log (the test alone would only say "exited" or "did not answer")."""
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_http(ready_url, timeout=timeout, process=process)
+        except (RuntimeError, TimeoutError):
+            print(log.read_text()[-4000:])
+            raise
+        yield process
+    finally:
+        stop(process)
+
+
+@contextmanager
+def alertmanager(config_text: str, folder: Path) -> Iterator[str]:
+    """A real Alertmanager on 127.0.0.1 running `config_text` (an alertmanager.yml), no cluster
+    peers, its config, data and log in `folder`; yields its URL."""
+    binary = require_tool("prometheus-alertmanager", "a real Alertmanager (Debian prometheus-alertmanager)")
+    config = folder / "alertmanager.yml"
+    config.write_text(config_text)
+    url = f"http://127.0.0.1:{free_port()}"
+    with server_process([binary, f"--config.file={config}", f"--storage.path={folder / 'data'}",
+                         f"--web.listen-address={url.removeprefix('http://')}", "--cluster.listen-address=",
+                         "--log.level=warn"], f"{url}/-/ready", folder / "alertmanager.log"):
+        yield url
+
+
 @dataclass(frozen=True)
 class Postgres:
     host: str

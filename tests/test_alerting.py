@@ -27,7 +27,7 @@ from infra.settings import ConfigError, parse_stack_config
 from mlops.crds import validate_custom_resource
 from mlops.plan import Plan, run_program, stack_config
 from modules.monitoring.alerting import CONFIG_NAME, CREDENTIALS_SECRET, config_spec
-from tests.services import free_port
+from tests import services
 from tests.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,34 +331,12 @@ def receiver() -> Iterator[Receiver]:
     server.server_close()
 
 
-def start_alertmanager(alerting: dict[str, Any], tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager on 127.0.0.1 with the config the operator would write for `alerting`."""
-    binary = require_tool("prometheus-alertmanager", "a real Alertmanager (Debian prometheus-alertmanager)")
+def alertmanager_config(alerting: dict[str, Any]) -> str:
+    """The alertmanager.yml the operator would write for a stack's `alerting` block."""
     spec = config_spec(AlertingConfig.model_validate(alerting).args())
     secrets = {(CREDENTIALS_SECRET, name): r["credential"] for name, r in alerting["receivers"].items()
                if "credential" in r}
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(operator_config(spec, secrets), sort_keys=False))
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "alertmanager.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "alertmanager.log").read_text()) from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    return yaml.safe_dump(operator_config(spec, secrets), sort_keys=False)
 
 
 def post_alerts(url: str, *alerts: dict[str, Any]) -> None:
@@ -380,7 +358,8 @@ def alerting_to(receiver: Receiver) -> dict[str, Any]:
 
 @pytest.fixture
 def alertmanager(receiver, tmp_path) -> Iterator[str]:
-    yield from start_alertmanager(alerting_to(receiver), tmp_path)
+    with services.alertmanager(alertmanager_config(alerting_to(receiver)), tmp_path) as url:
+        yield url
 
 
 # labels as modules/monitoring/rules/models.yaml's ModelEndpointDown produces them (+ severity)
@@ -434,7 +413,7 @@ def test_mlflow_down_inhibits_the_alerts_it_causes(alertmanager, receiver):
 
 def test_without_inhibitions_the_warning_is_delivered(receiver, tmp_path):
     """The bad fixture of the two tests above: with `inhibit: []` the same alerts all arrive."""
-    for url in start_alertmanager(alerting_to(receiver) | {"inhibit": []}, tmp_path):
+    with services.alertmanager(alertmanager_config(alerting_to(receiver) | {"inhibit": []}), tmp_path) as url:
         pvc = {"alertname": "PersistentVolumeAlmostFull", "namespace": "platform", "persistentvolumeclaim": "pg-1"}
         post_alerts(url, pvc | {"severity": "critical"}, pvc | {"severity": "warning"})
         receiver.wait_for(lambda m: any(p == "/team" for p, _, _ in m) and any(p == "/oncall" for p, _, _ in m))

@@ -1,10 +1,13 @@
 """The retraining loop end to end, on real local processes (issue 13, "a scripted scenario"):
 
-    drifted requests → `mlops drift` (mlops/drift.py) → Pushgateway → Prometheus (the stack's
+    NEOs@champion served by the real MLServer (the plan's container env: the project's alias
+    runtime, every request sampled to the object store) → drifted V2 requests → the plan's drift
+    CronJob (mlops/drift.py) on what the server wrote → Pushgateway → Prometheus (the stack's
     rendered rules) → ModelDrift → Alertmanager (the stack's routing) → the receiver → a Job on the
     stand-in Kubernetes API → the Job's containers run here, as the pod would run them (command and
     env from the Job; Secrets resolved; the real training entry point on a small table) against a
-    real MLflow server → the promote step → champion moved, the run tagged trigger=drift.
+    real MLflow server → the promote step → champion moved, the run tagged trigger=drift → the
+    running server follows the alias to the new version.
 
 Then neo's new-data check, run as its CronJob runs it: an unchanged table starts nothing; a new
 version of the file starts a `newData` Job, whose worse model the gate keeps out. And energy's
@@ -15,17 +18,20 @@ the shadow forecasts beat the champion's.
 For test time only: ModelDrift's `for: 5m` and ModelQualityDegraded's `for: 10m` are 1s here (the
 rules are otherwise the plan's), Prometheus scrapes and evaluates every second, Alertmanager's group
 timers are shortened (tests/retraining_stack.py) and energy's gate compares 2 shadow days, not 7.
+The stack serves neo following its alias every 5s (the least its config allows) and keeps every
+request (sampleRate 1), so a few requests are enough for the drift job; the server writes its sample
+every second, not every 5s (the config's least).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +49,14 @@ from modules.monitoring.pushgateway import PORT as PUSHGATEWAY_PORT
 from tests import test_pipeline_hooks
 from tests.retraining_stack import (IN_CLUSTER_URL, NS, alertmanager_process, counter, kubernetes_stand_in,
                                     models_config, receiver_process, wait_until)
-from tests.services import free_port, mlflow_server, postgres, pushgateway, s3_api, stop, wait_http
+from tests.runtimes import EnvServer, mlserver_from_env
+from tests.services import free_port, mlflow_server, postgres, pushgateway, s3_api, server_process
+from tests.test_serve_by_alias import operator_env
 from tests.tools import require_tool
 from workloads.common import promotion, retrained
 from workloads.energy import store, synthetic
+from workloads.neo import data as neo_data
+from workloads.neo import payload
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,14 +70,20 @@ WORKLOADS = {"neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/ne
              "energy": {"enabled": True, "demoData": False,
                         "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab", "digest": DIGEST},
                         "retrain": {"qualityDrop": True}}}
+SERVING = {"registry": {"pollSeconds": 5},
+           "models": {"neo": {"source": {"model": MODEL, "alias": "champion"},
+                              "monitoring": {"sampleRate": 1, "flushSeconds": 5}}}}
 SHORTENED = {"ModelDrift": "5m", "ModelQualityDegraded": "10m"}  # their `for` in the plan; 1s here
+IN_CLUSTER_PUSHGATEWAY = f"http://pushgateway.monitoring.svc.cluster.local:{PUSHGATEWAY_PORT}"
+STORE_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}  # the S3 API's (moto: any)
+DRIFTED_REQUESTS, ROWS = 10, 20
 
 
 @pytest.fixture(scope="module")
 def plan() -> Plan:
     values, secret_keys = stack_config("dev")
-    return run_program("dev", ({**values, "mlops-stack:workloads": json.dumps(WORKLOADS)}, secret_keys),
-                       reveal_secrets=True)
+    return run_program("dev", ({**values, "mlops-stack:workloads": json.dumps(WORKLOADS),
+                                "mlops-stack:serving": json.dumps(SERVING)}, secret_keys), reveal_secrets=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +93,10 @@ def services():
     with postgres(("mlruns", "mlflow_auth", "energy", "energy_crippled")) as db, s3_api((BUCKET,)) as s3, \
             mlflow_server(db, s3, BUCKET) as server:
         patch = pytest.MonkeyPatch()
-        for key, value in secrets(server).items():
-            patch.setenv(key, value)
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            patch.setenv(key, secrets(server)[key])
         patch.setenv("MLFLOW_TRACKING_URI", server.url)
-        yield db, server
+        yield db, server, s3
         patch.undo()
 
 
@@ -90,8 +106,10 @@ def mlflow(services):
 
 
 def secrets(server) -> dict[str, str]:
-    """The keys of the Secrets the Jobs read (mlflow-client), with the local server's values."""
-    return {"MLFLOW_TRACKING_USERNAME": server.username, "MLFLOW_TRACKING_PASSWORD": server.password}
+    """The keys of the Secrets the pods read (mlflow-client, mlflow-model-reader, mlflow-drift, the
+    object-store keys), with the local services' values: every MLflow login is the admin here."""
+    return {"MLFLOW_TRACKING_USERNAME": server.username, "MLFLOW_TRACKING_PASSWORD": server.password,
+            "username": server.username, "password": server.password, **STORE_KEYS}
 
 
 def prometheus_rules(plan: Plan) -> dict[str, Any]:
@@ -120,26 +138,24 @@ def loop(plan, mlflow, tmp_path_factory) -> Iterator[dict[str, Any]]:
             "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True,
                                 "static_configs": [{"targets": [gateway.removeprefix("http://")]}]}]}))
         port = free_port()
-        process = subprocess.Popen(
-            [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=(folder / "prometheus.log").open("w"))
-        try:
-            wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=60, process=process)
+        with server_process([binary, f"--config.file={folder / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={folder / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            f"http://127.0.0.1:{port}/-/ready", folder / "prometheus.log"):
             yield {"pushgateway": gateway, "api": api, "receiver": receiver, "folder": folder}
-        finally:
-            stop(process)
+
+
+def container_env(container: dict[str, Any], server, **overrides: str) -> dict[str, str]:
+    """A container's env as the kubelet gives it, Secret references resolved with the local services'
+    values (`secrets`), `overrides` for what differs locally."""
+    return {e["name"]: e["value"] if "value" in e else secrets(server)[e["valueFrom"]["secretKeyRef"]["key"]]
+            for e in container.get("env", []) if e["name"] not in overrides} | overrides
 
 
 def run_container(container: dict[str, Any], server, tmp: Path, **overrides: str) -> subprocess.CompletedProcess:
     """A container of the plan's pod, here: its command (python = this interpreter, the repository as
-    the image's /app) and env, Secret references resolved, `overrides` for what differs locally."""
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
-    overrides = {"MLFLOW_TRACKING_URI": server.url, "HOME": str(tmp), **overrides}
-    for e in container["env"]:
-        if e["name"] not in overrides:
-            env[e["name"]] = e["value"] if "value" in e else secrets(server)[e["valueFrom"]["secretKeyRef"]["key"]]
-    env |= overrides
+    the image's /app) and env (`container_env`; the local MLflow, HOME in `tmp`)."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
+           **container_env(container, server, MLFLOW_TRACKING_URI=server.url, HOME=str(tmp), **overrides)}
     command = [sys.executable if c == "python" else c for c in container["command"][:1]] + container["command"][1:]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{container['name']}: {result.stdout}\n{result.stderr}"
@@ -163,19 +179,48 @@ def last_gate(gateway: str, model: str) -> dict[str, str]:
     return {k: sample.labels[k] for k in ("trigger", "outcome", "version")}
 
 
-def drifted_requests(folder: Path, table: Path, rows: int = 200) -> Path:
-    """A day of sampled V2 requests to NEOs@champion as the runtime logs them, every feature shifted."""
-    from workloads.neo import data
+@contextmanager
+def served_champion(plan: Plan, server, s3: str) -> Iterator[EnvServer]:
+    """MLServer with the env of the plan's neo container (the alias runtime following NEOs@champion,
+    the sample written to the bucket), pointed at the local MLflow and S3 API, plus what the operator
+    adds; ready once the champion's version is loaded (the container's readiness probe)."""
+    [container] = plan.manifest("SeldonDeployment", "neo", "serving")["spec"]["predictors"][0]["componentSpecs"][0][
+        "spec"]["containers"]
+    env = container_env(container, server, MLFLOW_TRACKING_URI=server.url, MLFLOW_S3_ENDPOINT_URL=s3,
+                        MLOPS_INFERENCE_LOG_FLUSH_SECONDS="1")
+    with mlserver_from_env(env | operator_env(container), container["readinessProbe"]["httpGet"]["path"]) as served:
+        yield served
 
-    features = data.preprocess(pd.read_csv(table)).X.head(rows) * 5 + 1e6
-    now = dt.datetime.now(dt.UTC)
-    day = folder / "inference-log" / MODEL / "champion" / now.date().isoformat()
-    day.mkdir(parents=True)
-    lines = [{"time": now.isoformat(), "request_id": f"r{i}",
-              "inputs": {c: [float(v)] for c, v in row.items()}, "outputs": {"predict": [0]}}
-             for i, (_, row) in enumerate(features.iterrows())]
-    (day / "000000-000000000000.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    return folder / "inference-log"
+
+def infer(served: EnvServer, rows: pd.DataFrame) -> dict[str, Any]:
+    """One V2 request (the model container is the graph's only node, `model`)."""
+    response = requests.post(f"{served.url}/v2/models/model/infer", json=payload.v2(rows), timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def samples_written(served: EnvServer) -> float:
+    """The requests the runtime has written to the sample so far (mlops_inference_samples_total)."""
+    families = text_string_to_metric_families(requests.get(served.metrics_url, timeout=10).text)
+    return sum(s.value for f in families if f.name == "mlops_inference_samples" for s in f.samples
+               if s.name.endswith("_total"))
+
+
+def send_drifted(served: EnvServer, table: Path) -> None:
+    """DRIFTED_REQUESTS requests of ROWS rows each, every feature shifted, answered by the champion;
+    waits until the runtime has written them (sampleRate 1: all of them)."""
+    features = neo_data.preprocess(pd.read_csv(table)).X.head(DRIFTED_REQUESTS * ROWS) * 5 + 1e6
+    for i in range(DRIFTED_REQUESTS):
+        assert infer(served, features.iloc[i * ROWS:(i + 1) * ROWS])["model_version"] == "1"
+    wait_until(lambda: samples_written(served) == DRIFTED_REQUESTS, "the runtime writes the sample", seconds=30)
+
+
+def local(container: dict[str, Any], *urls: tuple[str, str]) -> dict[str, Any]:
+    """The container with its command's in-cluster URLs replaced by the local servers'."""
+    command = container["command"]
+    for in_cluster, here in urls:
+        command = [c.replace(in_cluster, here) for c in command]
+    return {**container, "command": command}
 
 
 def alias(client: MlflowClient, name: str) -> str | None:
@@ -184,34 +229,45 @@ def alias(client: MlflowClient, name: str) -> str | None:
 
 
 def test_drift_retrains_and_promotes_a_better_challenger_then_new_data_retrains_and_keeps_a_worse_one(
-        plan, mlflow, loop, neo_tables, tmp_path):
+        plan, services, mlflow, loop, neo_tables, tmp_path):
     good, crippled = neo_tables
+    s3 = services[2]
     client, api, receiver = MlflowClient(), loop["api"], loop["receiver"]
     [train] = plan.manifest("Job", "neo-train", NS)["spec"]["template"]["spec"]["containers"]
     # the champion: the workload's own Job, run once (as `pulumi up` does), on a table with shuffled labels
     run_container(train, mlflow, tmp_path, NEO_DATA=str(crippled))
     assert alias(client, "champion") == "1"
 
-    # served requests drift: the real drift job scores them against the champion's reference and pushes
-    subprocess.run([sys.executable, "-m", "mlops.drift", "--model", MODEL, "--log-uri",
-                    str(drifted_requests(loop["folder"], good)), "--min-samples", "50",
-                    "--pushgateway", loop["pushgateway"]], cwd=ROOT, check=True, capture_output=True, timeout=120)
-    wait_until(lambda: api.of(MODEL), "ModelDrift → Alertmanager → receiver → a Job for NEOs", seconds=60)
-    [job] = api.of(MODEL)
-    assert job["metadata"]["labels"]["mlops-stack/retrain-trigger"] == "drift"
-    assert counter(receiver, MODEL, "drift", "started") == 1
-    # the drift is dealt with: its series leave (the alert resolves), so no later notification starts another
-    delete_from_gateway(loop["pushgateway"], job="model-drift", grouping_key={"model": MODEL})
+    # the champion is served; the requests it answers drift; the plan's drift job, run as its pod runs
+    # it, scores what the server wrote against the champion's reference and pushes
+    [drift_job] = plan.manifest("CronJob", "drift-neo", "mlops-platform")["spec"]["jobTemplate"]["spec"][
+        "template"]["spec"]["containers"]
+    with served_champion(plan, mlflow, s3) as served:
+        send_drifted(served, good)
+        said = run_container(local(drift_job, (IN_CLUSTER_PUSHGATEWAY, loop["pushgateway"])), mlflow, tmp_path,
+                             MLFLOW_S3_ENDPOINT_URL=s3).stdout
+        assert f"NEOs@champion (version 1): {DRIFTED_REQUESTS * ROWS} rows in the window" in said, said
+        wait_until(lambda: api.of(MODEL), "ModelDrift → Alertmanager → receiver → a Job for NEOs", seconds=60)
+        [job] = api.of(MODEL)
+        assert job["metadata"]["labels"]["mlops-stack/retrain-trigger"] == "drift"
+        assert counter(receiver, MODEL, "drift", "started") == 1
+        # the drift is dealt with: its series leave (the alert resolves), so no later notification starts another
+        delete_from_gateway(loop["pushgateway"], job="model-drift", grouping_key={"model": MODEL})
 
-    # the Job as its pod runs it, on the new (good) table: the gate promotes the better challenger
-    said = run_job(job, mlflow, tmp_path, NEO_DATA=str(good), PUSHGATEWAY_URL=loop["pushgateway"])
-    assert alias(client, "champion") == "2" and promotion.history(client, MODEL)[-1]["version"] == "1"
-    assert last_gate(loop["pushgateway"], MODEL) == {"trigger": "drift", "outcome": "promoted", "version": "2"}
-    version = client.get_model_version(MODEL, "2")
-    run = client.get_run(version.run_id).data.tags
-    assert (run["trigger"], run["retrain.job"], run["retrain.gate"]) == ("drift", job["metadata"]["name"], "promoted")
-    assert version.tags["trigger"] == "drift" and version.tags["retrain.gate"] == "promoted"
-    assert "PROMOTE" in run["retrain.gate.reason"] and "PROMOTE" in said
+        # the Job as its pod runs it, on the new (good) table: the gate promotes the better challenger
+        said = run_job(job, mlflow, tmp_path, NEO_DATA=str(good), PUSHGATEWAY_URL=loop["pushgateway"])
+        assert alias(client, "champion") == "2" and promotion.history(client, MODEL)[-1]["version"] == "1"
+        assert last_gate(loop["pushgateway"], MODEL) == {"trigger": "drift", "outcome": "promoted", "version": "2"}
+        version = client.get_model_version(MODEL, "2")
+        run = client.get_run(version.run_id).data.tags
+        assert (run["trigger"], run["retrain.job"], run["retrain.gate"]) == ("drift", job["metadata"]["name"],
+                                                                             "promoted")
+        assert version.tags["trigger"] == "drift" and version.tags["retrain.gate"] == "promoted"
+        assert "PROMOTE" in run["retrain.gate.reason"] and "PROMOTE" in said
+        # the running server follows the alias: the retrained model answers, with no restart
+        row = neo_data.preprocess(pd.read_csv(good)).X.head(1)
+        wait_until(lambda: infer(served, row)["model_version"] == "2", "the served champion moves to version 2",
+                   seconds=60)
     # the step again (a retried pod): nothing moves, the recorded outcome stays
     assert retrained.gate("neo", job["metadata"]["name"], "drift") == "promoted"
     assert alias(client, "champion") == "2" and client.get_model_version(MODEL, "2").tags == version.tags
@@ -220,7 +276,7 @@ def test_drift_retrains_and_promotes_a_better_challenger_then_new_data_retrains_
     # neo's new-data check, as its CronJob runs it: the champion's table again → nothing to do
     [check] = plan.manifest("CronJob", "neo-retrain-newdata", NS)["spec"]["jobTemplate"]["spec"]["template"][
         "spec"]["containers"]
-    check = {**check, "command": [c.replace(IN_CLUSTER_URL, receiver) for c in check["command"]]}
+    check = local(check, (IN_CLUSTER_URL, receiver))
     assert "no new data" in run_container(check, mlflow, tmp_path, NEO_DATA=str(good)).stdout
     assert len(api.of(MODEL)) == 1
 
@@ -288,8 +344,7 @@ def test_a_mape_drop_retrains_energy_and_its_shadow_gate_promotes_it_once_it_has
     test_pipeline_hooks._shadow_days(url, readings, [cut, cut + pd.Timedelta(days=1)])
     [gate] = plan.manifest("CronJob", "energy-retrain-promote", NS)["spec"]["jobTemplate"]["spec"]["template"][
         "spec"]["containers"]
-    assert [e["value"] for e in gate["env"] if e["name"] == "PUSHGATEWAY_URL"] == [
-        f"http://pushgateway.monitoring.svc.cluster.local:{PUSHGATEWAY_PORT}"]
+    assert [e["value"] for e in gate["env"] if e["name"] == "PUSHGATEWAY_URL"] == [IN_CLUSTER_PUSHGATEWAY]
     said = run_container(gate, mlflow, tmp_path, DATABASE_URL=url, PROMOTE_DAYS="2",
                          PUSHGATEWAY_URL=loop["pushgateway"]).stdout
     assert promotion.version_of(client, model, "champion").version == new, said
