@@ -287,6 +287,8 @@ def test_a_quota_below_the_limits_times_the_models_is_an_error():
     (("alice", _tenant(models={"iris": {"source": {"alias": "champion"},
                                         "resources": {"cpu": "1", "memory": "1Gi", "cpuLimit": "2",
                                                       "memoryLimit": "2Gi"}}})), "exceed tenantDefaults.limits.max"),
+    (("alice", _tenant(models={"iris": {"source": {"alias": "champion"}, "monitoring": {"sampleRate": 0.1}}})),
+     "models.iris.monitoring.sampleRate 0.1: tenant models do not sample"),
 ])
 def test_a_tenant_outside_its_fence_is_an_error(tenant, message):
     name, spec = tenant

@@ -273,6 +273,10 @@ def _model_problems(c: TenantContext, model: str, spec: ServedModelConfig) -> li
             problems.append(f"{where}.{role}.model {source.model!r}: a tenant serves only registered models named "
                             f"'{c.name}.<model>' (its MLflow login may write those only); leave model unset for "
                             f"{registered_model(c.name, model)!r}")
+    if spec.monitoring.sample_rate > 0:
+        problems.append(f"{where}.monitoring.sampleRate {spec.monitoring.sample_rate}: tenant models do not sample "
+                        "(the request sample, drift and feedback jobs are wired for serving.models only: each tenant "
+                        "namespace would need a writer identity of its own); leave monitoring unset")
     r = spec.resources
     if r.cpu_limit is None:
         problems.append(f"{where}.resources.cpuLimit: required for tenant models (the same CPU for every model)")
