@@ -18,7 +18,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import Image, StackConfig
-from infra.config.retraining import REGISTERED_MODELS
+from infra.config.retraining import REGISTERED_MODELS, EnergyRetrainConfig
 from infra.images import StackImages
 from infra.platforms import WORKLOADS_DATABASE
 from modules import kube
@@ -116,6 +116,7 @@ def retrained_models(config: StackConfig, templates: JobTemplates | None = None)
             new_data_command=["--min-rows", str(new.min_rows)] if new and new.min_rows else [],
             new_data_workload_command=NEW_DATA_IN_IMAGE.get(name, []) if new else [],
             promote=r.promote, promote_margin=r.promote_margin,
+            promote_days=r.promote_days if isinstance(r, EnergyRetrainConfig) else None,
             # energy's gate compares days of shadow forecasts: asked again daily, with the MAPE monitor
             promote_schedule=config.workloads.energy.monitor_schedule if name == "energy" else None))
     return models

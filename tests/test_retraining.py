@@ -28,6 +28,7 @@ from tests.test_alerting import post_alerts
 
 DIGEST = "sha256:" + "ab" * 32
 # where every retraining's gate pushes its outcome (retraining_gate_timestamp_seconds)
+PROMOTE_DAYS = {"name": "PROMOTE_DAYS", "value": "7"}  # energy's default
 GATE_PUSH = {"name": "PUSHGATEWAY_URL", "value": f"http://pushgateway.monitoring.svc.cluster.local:{PUSHGATEWAY_PORT}"}
 WORKLOADS = {
     "energy": {"enabled": True, "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab", "digest": DIGEST},
@@ -98,7 +99,7 @@ def test_energy_asks_its_shadow_gate_again_daily_for_a_retrained_challenger(plan
     [train] = plan.manifest("Job", "energy-train", NS)["spec"]["template"]["spec"]["containers"]
     assert gate["command"] == ["python", "-m", "workloads.common.retrained", "energy", "--pending"]
     assert gate["image"] == train["image"]
-    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, GATE_PUSH]
+    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, PROMOTE_DAYS, GATE_PUSH]
     assert ("CronJob", "neo-retrain-promote") not in {(o["kind"], o["metadata"]["name"]) for o in plan.kubernetes_objects}
 
 
@@ -207,7 +208,7 @@ def test_a_quality_alert_starts_one_job_and_a_second_is_deduplicated(alertmanage
     [gate] = pod["containers"]
     assert (gate["name"], gate["image"], gate["command"]) == (
         "promote", train["image"], ["python", "-m", "workloads.common.retrained", "energy"])
-    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, GATE_PUSH]
+    assert gate["env"] == [*train["env"], {"name": "PROMOTE_MARGIN", "value": "0"}, PROMOTE_DAYS, GATE_PUSH]
 
     # a second alert of the same model (the challenger's) while that Job runs: no second Job
     post_alerts(alertmanager, quality_alert("energy-forecast", alias="challenger"))

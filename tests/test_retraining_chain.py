@@ -17,7 +17,8 @@ the shadow forecasts beat the champion's.
 
 For test time only: ModelDrift's `for: 5m` and ModelQualityDegraded's `for: 10m` are 1s here (the
 rules are otherwise the plan's), Prometheus scrapes and evaluates every second, Alertmanager's group
-timers are shortened (tests/retraining_stack.py) and energy's gate compares 2 shadow days, not 7.
+timers are shortened (tests/retraining_stack.py) and energy's gate compares 2 shadow days
+(`retrain.promoteDays: 2`), not 7.
 The stack serves neo following its alias every 5s (the least its config allows) and keeps every
 request (sampleRate 1), so a few requests are enough for the drift job; the server writes its sample
 every second, not every 5s (the config's least).
@@ -69,7 +70,7 @@ WORKLOADS = {"neo": {"enabled": True, "image": {"repository": "ghcr.io/my-org/ne
                      "retrain": {"drift": True, "newData": {"schedule": "0 7 * * *"}, "cooldownMinutes": 0}},
              "energy": {"enabled": True, "demoData": False,
                         "image": {"repository": "ghcr.io/my-org/energy", "tag": "3f2c1ab", "digest": DIGEST},
-                        "retrain": {"qualityDrop": True}}}
+                        "retrain": {"qualityDrop": True, "promoteDays": 2}}}
 SERVING = {"registry": {"pollSeconds": 5},
            "models": {"neo": {"source": {"model": MODEL, "alias": "champion"},
                               "monitoring": {"sampleRate": 1, "flushSeconds": 5}}}}
@@ -332,7 +333,7 @@ def test_a_mape_drop_retrains_energy_and_its_shadow_gate_promotes_it_once_it_has
     assert job["metadata"]["labels"]["mlops-stack/retrain-trigger"] == "qualityDrop"
 
     # the Job on the good readings: a challenger, but no shadow day yet, so the gate keeps the champion
-    run_job(job, mlflow, tmp_path, DATABASE_URL=url, PROMOTE_DAYS="2", PUSHGATEWAY_URL=loop["pushgateway"])
+    run_job(job, mlflow, tmp_path, DATABASE_URL=url, PUSHGATEWAY_URL=loop["pushgateway"])
     new = promotion.version_of(client, model, "challenger").version
     assert last_gate(loop["pushgateway"], model) == {"trigger": "qualityDrop", "outcome": "kept", "version": new}
     assert promotion.version_of(client, model, "champion").version == champion != new
@@ -345,8 +346,8 @@ def test_a_mape_drop_retrains_energy_and_its_shadow_gate_promotes_it_once_it_has
     [gate] = plan.manifest("CronJob", "energy-retrain-promote", NS)["spec"]["jobTemplate"]["spec"]["template"][
         "spec"]["containers"]
     assert [e["value"] for e in gate["env"] if e["name"] == "PUSHGATEWAY_URL"] == [IN_CLUSTER_PUSHGATEWAY]
-    said = run_container(gate, mlflow, tmp_path, DATABASE_URL=url, PROMOTE_DAYS="2",
-                         PUSHGATEWAY_URL=loop["pushgateway"]).stdout
+    assert {"name": "PROMOTE_DAYS", "value": "2"} in gate["env"]  # retrain.promoteDays
+    said = run_container(gate, mlflow, tmp_path, DATABASE_URL=url, PUSHGATEWAY_URL=loop["pushgateway"]).stdout
     assert promotion.version_of(client, model, "champion").version == new, said
     assert last_gate(loop["pushgateway"], model) == {"trigger": "qualityDrop", "outcome": "promoted", "version": new}
     done = client.get_model_version(model, new).tags

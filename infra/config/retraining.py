@@ -80,6 +80,9 @@ class RetrainingConfig(Model):
 
 
 class EnergyRetrainConfig(RetrainConfig):
+    promote_days: int = Field(default=7, ge=1, le=60, description="the days of shadow forecasts (energy_pre beside "
+                              "energy_prod, with actuals) the gate compares (the pipeline's PROMOTE_DAYS)")
+
     @model_validator(mode="after")
     def _rows(self) -> EnergyRetrainConfig:
         if self.new_data is not None and self.new_data.min_rows is None:

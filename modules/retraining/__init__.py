@@ -90,6 +90,7 @@ class RetrainedModel:
     new_data_workload_command: Sequence[str] = ()
     promote: bool = False  # a last step of the retraining Job runs the workload's promotion gate
     promote_margin: float = 0.0  # its PROMOTE_MARGIN
+    promote_days: int | None = None  # energy: its PROMOTE_DAYS (days of shadow forecasts compared)
     # cron of a CronJob gating a retrained challenger again (energy: its gate needs days of shadow forecasts)
     promote_schedule: str | None = None
 
@@ -112,8 +113,11 @@ def service_url(namespace: str) -> str:
 
 
 def _gate_env(m: RetrainedModel, pushgateway_url: pulumi.Input[str] | None) -> list[dict[str, Any]]:
-    """The gate's margin, and where it reports its outcome (`retraining_gate_timestamp_seconds`)."""
+    """The gate's margin (and energy's days), and where it reports its outcome
+    (`retraining_gate_timestamp_seconds`)."""
     env = [{"name": "PROMOTE_MARGIN", "value": f"{m.promote_margin:g}"}]
+    if m.promote_days is not None:
+        env.append({"name": "PROMOTE_DAYS", "value": str(m.promote_days)})
     if pushgateway_url is not None:
         env.append({"name": "PUSHGATEWAY_URL", "value": pushgateway_url})
     return env
