@@ -12,6 +12,7 @@ import pulumi_random as random
 from pydantic import SecretStr
 
 from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackConfig
+from infra.config.serving import MANAGED_ENGINES
 from infra.config.tenants import experiment, registered_model
 from infra.images import StackImages, declare_images
 from infra.platforms import host_access, make_platform
@@ -95,14 +96,16 @@ def declare(config: StackConfig) -> None:
         client="mlflow", namespace=namespaces.names["mlflow"], service_account="mlflow",
         buckets=["artifacts"],
     )
-    serving_access = BucketAccess(
+    # in-cluster model servers' identity; managed endpoints read the bucket with a role of their own
+    serving_access = None if config.serving.engine in MANAGED_ENGINES else BucketAccess(
         client="model-server", namespace=namespaces.names["serving"], service_account=MODEL_SERVER_ACCOUNT,
         buckets=["artifacts"], write=False,
     )
     sampled = _sampled_models(config)
     database, object_store = platform.data_services(
         cluster, namespaces.names["platform"],
-        [mlflow_access, serving_access, *_inference_log_clients(config, namespaces, sampled)],
+        [mlflow_access, *([serving_access] if serving_access else []),
+         *_inference_log_clients(config, namespaces, sampled)],
     )
 
     admin_password = _secret_or_generated("mlflow-admin-password", config.mlflow.admin_password, config.protected)
@@ -716,26 +719,29 @@ def _source(source: ModelSourceConfig, poll_seconds: int) -> ModelSource:
 
 
 def _models(config: StackConfig, engine: ServingEngine, platform, object_store: ObjectStore,
-            namespaces: Namespaces, access: BucketAccess, registry: RegistryAccess, reader: pulumi.Resource,
+            namespaces: Namespaces, access: BucketAccess | None, registry: RegistryAccess, reader: pulumi.Resource,
             opts: pulumi.ResourceOptions, inference_logs: Mapping[str, InferenceLog]) -> dict[str, pulumi.Output[str]]:
-    """The service account model servers share, bucket credentials only if a model is pinned to an
-    artifact URI (alias models read through MLflow, as the user the `reader` Job creates), then
-    one deployment per model."""
+    """The service account in-cluster model servers share, bucket credentials only if a model is
+    pinned to an artifact URI (alias models read through MLflow, as the user the `reader` Job
+    creates), then one deployment per model. A managed engine (`access` None) needs neither."""
     serving_ns = namespaces.names["serving"]
-    k8s.core.v1.ServiceAccount(
-        "model-server-account",
-        metadata=kube.metadata(MODEL_SERVER_ACCOUNT, serving_ns, "serving",
-                               annotations=dict(platform.identity_annotations(access))),
-        opts=opts,
-    )
-    models = config.serving.models
-    pinned = any(s is not None and s.uri is not None for m in models.values() for s in (m.source, m.candidate))
-    storage_secret = _storage_secret(object_store, access, serving_ns, opts) if pinned else None
+    storage_secret = None
+    if access is not None:
+        k8s.core.v1.ServiceAccount(
+            "model-server-account",
+            metadata=kube.metadata(MODEL_SERVER_ACCOUNT, serving_ns, "serving",
+                                   annotations=dict(platform.identity_annotations(access))),
+            opts=opts,
+        )
+        pinned = any(s is not None and s.uri is not None
+                     for m in config.serving.models.values() for s in (m.source, m.candidate))
+        storage_secret = _storage_secret(object_store, access, serving_ns, opts) if pinned else None
     poll = config.serving.registry.poll_seconds
     urls = {}
-    for name, model in models.items():
+    for name, model in config.serving.models.items():
         args = replace(_deployment_args(model, serving_ns, storage_secret, registry, poll),
                        placement=platform.placement("workload").pod_spec(),  # model servers: workload pool
+                       service_account=MODEL_SERVER_ACCOUNT if access is not None else None,
                        inference_log=inference_logs.get(name))
         after = pulumi.ResourceOptions.merge(opts, kube.after([reader])) if model.aliases else opts
         urls[name] = engine.deploy(name, args, opts=after).url

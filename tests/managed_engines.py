@@ -1,6 +1,7 @@
 """What the tests of the managed engines (tests/test_sagemaker.py, tests/test_vertex.py) share:
-planned inputs by resource type, stack configs with changes, and an MLflow model folder as the
-service downloads it."""
+planned inputs by resource type, stack configs with changes, the serving layer's resources an
+in-cluster engine has and a managed one does not, and an MLflow model folder as the service
+downloads it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ STACKS = Path(__file__).resolve().parent / "stacks"
 def resources_of(plan: Plan, type_: str) -> dict[str, dict[str, Any]]:
     """Inputs of the plan's resources of one type, by logical name."""
     return {r["urn"].rsplit("::", 1)[1]: r["inputs"] for r in plan.resources if r["type"] == type_}
+
+
+def in_cluster_serving(urn: str) -> bool:
+    """The in-cluster model servers' identity (its cloud role and service account) and their
+    storage-initializer Secret: a managed engine's endpoints read models with a role of their own."""
+    return urn.rsplit("::", 1)[1].startswith(("identity-model-server", "model-server-account", "model-storage"))
 
 
 def raw_config(stack: str, **changes: Any) -> dict[str, Any]:

@@ -23,7 +23,13 @@ from mlops.validate import validate_plan
 from policy.rules import violations
 from modules.serving.sagemaker import MODEL_DIR, image_uri
 from tests.runtimes import MLSERVER_IMAGE, TOOLS, _server, tool_script
-from tests.managed_engines import assert_config_error, mlflow_model_folder, raw_config, resources_of
+from tests.managed_engines import (
+    assert_config_error,
+    in_cluster_serving,
+    mlflow_model_folder,
+    raw_config,
+    resources_of,
+)
 from tests.services import free_port
 
 STACKS = Path(__file__).resolve().parent / "stacks"
@@ -76,7 +82,7 @@ def _above_serving(plan: Plan) -> dict[str, str]:
     only Seldon has), keyed by URN with the stack name read as full-eks, as JSON."""
     kept = {}
     for r in plan.resources:
-        if "mlops:serving:" in r["urn"] or r["urn"].endswith("namespaces-seldon"):
+        if "mlops:serving:" in r["urn"] or r["urn"].endswith("namespaces-seldon") or in_cluster_serving(r["urn"]):
             continue
         body = json.dumps({k: r.get(k) for k in ("type", "inputs", "manifest")}, sort_keys=True, default=str)
         kept[r["urn"].replace(f":{STACK}::", ":full-eks::")] = body.replace(STACK, "full-eks")
@@ -85,6 +91,7 @@ def _above_serving(plan: Plan) -> dict[str, str]:
 
 def test_engine_choice_changes_nothing_above_the_serving_contract(plans):
     seldon, sagemaker = _above_serving(plans["full-eks"]), _above_serving(plans[STACK])
+    assert not [r["urn"] for r in plans[STACK].resources if in_cluster_serving(r["urn"])]  # no unused role
     assert sorted(seldon) == sorted(sagemaker)
     assert [urn for urn in seldon if seldon[urn] != sagemaker[urn]] == []
     assert len(seldon) > 100  # VPC, EKS, RDS, S3, ECR, IAM, MLflow, gateway, monitoring, workloads ...
@@ -127,7 +134,8 @@ def test_models_run_the_stacks_mlserver_build_on_their_s3_prefix_without_network
         assert "modelDataUrl" not in container  # uncompressed: MLflow's own files, no model.tar.gz copy
         assert container["environment"] == {
             "MLSERVER_MODEL_NAME": "neo", "MLSERVER_MODEL_IMPLEMENTATION": "mlops_mlserver.MLflowRuntime",
-            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": "8080", "MLSERVER_HOST": "0.0.0.0"}
+            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": "8080", "MLSERVER_HOST": "0.0.0.0",
+            "MLSERVER_PARALLEL_WORKERS": "0"}
         assert model["enableNetworkIsolation"] is True and "vpcConfig" not in model
         assert model["executionRoleArn"] == "arn:aws:iam::123456789012:role/mlops-full-eks-neo-sagemaker"
         assert model["name"].startswith(f"mlops-full-eks-neo-{variant}-") and len(model["name"]) <= 63

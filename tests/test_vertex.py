@@ -27,7 +27,13 @@ from mlops.validate import validate_plan
 from modules.serving import vertex
 from policy.rules import violations
 from tests.runtimes import MLSERVER_IMAGE, TOOLS, _server, tool_script
-from tests.managed_engines import assert_config_error, mlflow_model_folder, raw_config, resources_of
+from tests.managed_engines import (
+    assert_config_error,
+    in_cluster_serving,
+    mlflow_model_folder,
+    raw_config,
+    resources_of,
+)
 from tests.services import free_port
 
 STACKS = Path(__file__).resolve().parent / "stacks"
@@ -73,7 +79,8 @@ def _above_serving(plan: Plan, stack: str) -> dict[str, str]:
     namespace, the Vertex AI API), keyed by URN with the stack name read as full-gke."""
     kept = {}
     for r in plan.resources:
-        if "mlops:serving:" in r["urn"] or r["urn"].endswith(("namespaces-seldon", "apis-aiplatform")):
+        if ("mlops:serving:" in r["urn"] or r["urn"].endswith(("namespaces-seldon", "apis-aiplatform"))
+                or in_cluster_serving(r["urn"])):
             continue
         body = json.dumps({k: r.get(k) for k in ("type", "inputs", "manifest")}, sort_keys=True, default=str)
         kept[r["urn"].replace(f":{stack}::", ":full-gke::")] = body.replace(stack, "full-gke")
@@ -82,6 +89,7 @@ def _above_serving(plan: Plan, stack: str) -> dict[str, str]:
 
 def test_engine_choice_changes_nothing_above_the_serving_contract(plans):
     seldon, managed = _above_serving(plans["full-gke"], "full-gke"), _above_serving(plans[STACK], STACK)
+    assert not [r["urn"] for r in plans[STACK].resources if in_cluster_serving(r["urn"])]  # no unused identity
     assert sorted(seldon) == sorted(managed)
     assert [urn for urn in seldon if seldon[urn] != managed[urn]] == []
     assert len(seldon) > 100

@@ -91,9 +91,12 @@ def s3_location(source: ModelSource) -> tuple[str, str]:
 
 def container_environment(model_name: str, mlflow_runtime: str) -> dict[str, str]:
     """MLServer configured by environment alone, as in a Seldon or KServe pod: the model SageMaker
-    downloaded, under the name clients see in responses, on the port SageMaker calls."""
+    downloaded, under the name clients see in responses, on the port SageMaker calls, and no
+    inference worker process (a second copy of the model behind a multiprocessing hop on the same
+    CPUs: benchmarks/serving_overhead.py)."""
     return {"MLSERVER_MODEL_NAME": model_name, "MLSERVER_MODEL_IMPLEMENTATION": mlflow_runtime,
-            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_HOST": "0.0.0.0"}
+            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_HOST": "0.0.0.0",
+            "MLSERVER_PARALLEL_WORKERS": "0"}
 
 
 def trust_policy(account: str) -> str:
