@@ -12,6 +12,7 @@ import pulumi_random as random
 from pydantic import SecretStr
 
 from infra.config import ModelSourceConfig, Resources, ServedModelConfig, StackConfig
+from infra.config.feedback import FEEDBACK_DIRECTORY
 from infra.config.serving import MANAGED_ENGINES
 from infra.config.tenants import experiment, registered_model
 from infra.images import StackImages, declare_images
@@ -68,6 +69,7 @@ MLFLOW_USERS_RESOURCES = Resources(cpu="50m", memory="64Mi", memory_limit="128Mi
 # a prefix of the artifacts bucket, written by the model servers, read and pruned by the drift jobs
 INFERENCE_LOG_PREFIX = "inference-log"
 INFERENCE_LOG_WRITER, DRIFT_CLIENT = "inference-log-writer", "drift"
+LABEL_SOURCE = "labels-{}"  # a model's label source (docs/decisions/0018): writes its labels, reads no sample
 
 
 def declare(config: StackConfig) -> None:
@@ -394,10 +396,20 @@ def _inference_log_clients(config: StackConfig, namespaces: Namespaces,
         raise ValueError(f"serving.models {sorted(sampled)}: monitoring.sampleRate > 0 is wired for the "
                          f"in-cluster object store only (minikube, existing); on {config.platform} leave it at 0 "
                          "(docs/decisions/0017-drift-monitoring.md)")
+    labels = [BucketAccess(client=LABEL_SOURCE.format(name), namespace=namespaces.names["serving"],
+                           service_account=LABEL_SOURCE.format(name), buckets=["artifacts"], prefix=prefix)
+              for name, prefix in _label_prefixes(config, sampled).items()]
     return [BucketAccess(client=INFERENCE_LOG_WRITER, namespace=namespaces.names["serving"],
                          service_account=MODEL_SERVER_ACCOUNT, buckets=["artifacts"], prefix=INFERENCE_LOG_PREFIX),
             BucketAccess(client=DRIFT_CLIENT, namespace=namespaces.names["platform"], service_account=DRIFT_CLIENT,
-                         buckets=["artifacts"], prefix=INFERENCE_LOG_PREFIX)]
+                         buckets=["artifacts"], prefix=INFERENCE_LOG_PREFIX), *labels]
+
+
+def _label_prefixes(config: StackConfig, sampled: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """Per model with monitoring.feedback: where its label source writes (mlops/feedback.py LABELS
+    beside the model's samples), the only keys its identity reaches."""
+    return {name: f"{INFERENCE_LOG_PREFIX}/{model}/{FEEDBACK_DIRECTORY}" for name, (model, *_) in sampled.items()
+            if config.serving.models[name].monitoring.feedback is not None}
 
 
 def _inference_log_uri(store: ObjectStore) -> pulumi.Output[str]:
@@ -419,6 +431,19 @@ def _inference_log(config: StackConfig, store: ObjectStore, namespaces: Namespac
                      "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(creds.secret_access_key)},
         opts=opts,
     )
+    for name in _label_prefixes(config, _sampled_models(config)):
+        # for whatever knows the true labels (`mlops feedback send`, envFrom): write under the labels' prefix only
+        source = store.credentials[LABEL_SOURCE.format(name)]
+        k8s.core.v1.Secret(
+            LABEL_SOURCE.format(name),
+            metadata=kube.metadata(LABEL_SOURCE.format(name), namespaces.names["serving"], "serving"),
+            type="Opaque",
+            string_data={"AWS_ACCESS_KEY_ID": pulumi.Output.secret(source.access_key_id),
+                         "AWS_SECRET_ACCESS_KEY": pulumi.Output.secret(source.secret_access_key),
+                         "MLFLOW_S3_ENDPOINT_URL": store.endpoint_url or "",
+                         "MLOPS_INFERENCE_LOG_URI": _inference_log_uri(store)},
+            opts=opts,
+        )
     return {name: InferenceLog(uri=_inference_log_uri(store), rate=m.sample_rate, flush_seconds=m.flush_seconds,
                                credentials_secret=secret.metadata.name, endpoint_url=store.endpoint_url)
             for name, m in sampled.items()}

@@ -61,6 +61,12 @@ def test_alias_model_containers_sample_and_the_engines_agree(plans):
         assert not _sampling(env)
     writer = plans["full"].manifest("Secret", "inference-log-writer", "serving")
     assert set(writer["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    # each model with feedback: its label source's own keys (tests/test_seaweedfs.py: its prefix only)
+    for name in ("neo", "mnist"):
+        labels = plans["full"].manifest("Secret", f"labels-{name}", "serving")["stringData"]
+        assert set(labels) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL",
+                               "MLOPS_INFERENCE_LOG_URI"}
+        assert labels["MLOPS_INFERENCE_LOG_URI"] == "s3://mlflow-artifacts/inference-log"
 
 
 def test_the_mnist_server_follows_its_alias_and_samples_as_its_class_reads_it(plans):

@@ -252,7 +252,8 @@ def test_s3_identities_are_enforced(onprem):
 def test_request_sample_identities_reach_only_the_inference_log_prefix():
     """tests/stacks/Pulumi.full.yaml samples a served model (drift, ADR 0017): the model servers'
     `inference-log-writer` writes under `inference-log/`, the `drift` job lists, reads and prunes
-    there, and neither can read, overwrite or delete a model's artifacts beside it."""
+    there, and neither can read, overwrite or delete a model's artifacts beside it; the model's label
+    source (`labels-neo`, ADR 0018) writes its labels and reads no sampled request."""
     from botocore.exceptions import ClientError
 
     values, secret_keys = stack_config("full", Path(__file__).resolve().parent / "stacks")
@@ -262,12 +263,18 @@ def test_request_sample_identities_reach_only_the_inference_log_prefix():
     with weed_server(plan) as server:
         assert run_bucket_job(plan, server.master).returncode == 0
         ids = {i.name: i for i in server.identities}
-        mlflow, writer, drift = ids["mlflow"], ids["inference-log-writer"], ids["drift"]
+        mlflow, writer, drift, labels = ids["mlflow"], ids["inference-log-writer"], ids["drift"], ids["labels-neo"]
         bucket = next(b for b in mlflow.buckets if "artifacts" in b)
         model, sample = "1/models/m-1/artifacts/model.pkl", "inference-log/NEOs/champion/2026-12-01/000000-a.jsonl"
         s3(server, mlflow).put_object(Bucket=bucket, Key=model, Body=b"weights")
         s3(server, writer).put_object(Bucket=bucket, Key=sample, Body=b'{"inputs": []}\n')
-        for attempt in (lambda: s3(server, writer).put_object(Bucket=bucket, Key=model, Body=b"evil"),
+        label = "inference-log/NEOs/feedback/2026-12-01/000000-b.jsonl"
+        s3(server, labels).put_object(Bucket=bucket, Key=label, Body=b'{"labels": [1]}\n')
+        assert s3(server, drift).get_object(Bucket=bucket, Key=label)["Body"].read() == b'{"labels": [1]}\n'
+        s3(server, drift).delete_object(Bucket=bucket, Key=label)
+        for attempt in (lambda: s3(server, labels).get_object(Bucket=bucket, Key=sample),
+                        lambda: s3(server, labels).put_object(Bucket=bucket, Key=sample, Body=b"evil"),
+                        lambda: s3(server, writer).put_object(Bucket=bucket, Key=model, Body=b"evil"),
                         lambda: s3(server, writer).get_object(Bucket=bucket, Key=model),
                         lambda: s3(server, drift).delete_object(Bucket=bucket, Key=model),
                         lambda: s3(server, drift).get_object(Bucket=bucket, Key=model)):
