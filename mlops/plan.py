@@ -8,11 +8,14 @@ Secrets are replaced by "[secret]" before anything is kept.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import logging
 import runpy
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from mlops.footprint import requests_of
 from mlops.paths import PROGRAM, PROJECT, stack_file
 
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+MAP, SEQ, STR = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:str"  # YAML's core tags
 SECRET = "[secret]"
 PLACEHOLDER_SECRET = "plan-placeholder-secret"  # stands in for `secure:` values the plan cannot decrypt
 
@@ -267,7 +271,8 @@ class _WarningsLogger(logging.Logger):
     """The mock engine's log: warnings go into the plan; errors still reach stderr."""
 
     def __init__(self, plan: Plan) -> None:
-        super().__init__("mlops.plan.engine")
+        # below WARNING nothing was ever shown; the level skips the SDK's ~5 debug lines per resource
+        super().__init__("mlops.plan.engine", logging.WARNING)
         self.plan = plan
 
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
@@ -299,29 +304,57 @@ def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = No
     # offline plan, and the capture is about a tenth of a 60-tenant plan's time.
     capture, resource._get_stack_trace = resource._get_stack_trace, source_pb2.StackTrace
     try:
-        _sync_await(mocks.run_pulumi_func(lambda: runpy.run_path(str(PROGRAM / "__main__.py"), run_name="__main__")))
+        with _no_collection():
+            _sync_await(mocks.run_pulumi_func(
+                lambda: runpy.run_path(str(PROGRAM / "__main__.py"), run_name="__main__")))
+            plan.resources.sort(key=lambda r: r["urn"])  # registration order is not guaranteed; URNs are
+            root = settings.get_root_resource()
+            plan.outputs = _sync_await(_resolve_outputs(dict(root.outputs))) if root is not None else {}
     finally:
         resource._get_stack_trace = capture
-    plan.resources.sort(key=lambda r: r["urn"])  # registration order is not guaranteed; URNs are
-    root = settings.get_root_resource()
-    plan.outputs = _sync_await(_resolve_outputs(dict(root.outputs))) if root is not None else {}
     return plan
 
 
-def _ordered(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _ordered(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_ordered(v) for v in value]
-    return value
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No cyclic garbage collection inside: the SDK's outputs and futures form cycles by the hundred
+    thousand, and collecting them while the program runs (full passes over a growing heap) was 40 % of a
+    60-tenant plan. They are collected once, after it — or never, by a command that exits (`mlops plan`)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+class _ManifestDumper(SAFE_DUMPER):
+    """libyaml's emitter (5x faster on a class of 180 models; PyYAML ships it in its wheels) and the
+    nodes SafeDumper makes of plain JSON data, keys sorted below the top level. SafeRepresenter's
+    per-object type dispatch and alias bookkeeping were half of writing a class's 891 manifests; a
+    manifest shares no objects (`_redact` builds each one), so it never had an alias to keep."""
+
+    def represent(self, data: dict[str, Any]) -> None:
+        self.serialize(yaml.MappingNode(MAP, [(self.represent_data(k), self.represent_data(v))
+                                              for k, v in data.items()], flow_style=False))
+
+    def represent_data(self, data: Any) -> yaml.Node:
+        kind = type(data)
+        if kind is str:
+            return yaml.ScalarNode(STR, data)
+        if kind is dict:
+            return yaml.MappingNode(MAP, [(yaml.ScalarNode(STR, k) if type(k) is str else self.represent_data(k),
+                                           self.represent_data(data[k])) for k in sorted(data)], flow_style=False)
+        if kind is list:
+            return yaml.SequenceNode(SEQ, [self.represent_data(v) for v in data], flow_style=False)
+        return super().represent_data(data)  # numbers, booleans, null: as SafeRepresenter writes them
 
 
 def manifest_yaml(obj: dict[str, Any]) -> str:
     """YAML as people write it: apiVersion, kind, metadata first; the rest in sorted order."""
-    head = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
-    rest = {k: obj[k] for k in sorted(obj) if k not in head}
-    # libyaml's emitter: 5x faster on a class of 180 models (PyYAML ships it in its wheels)
-    return yaml.dump({**_ordered(head), **_ordered(rest)}, Dumper=SAFE_DUMPER, sort_keys=False)
+    head = [k for k in ("apiVersion", "kind", "metadata") if k in obj]
+    return yaml.dump({k: obj[k] for k in head + sorted(set(obj) - set(head))}, Dumper=_ManifestDumper)
 
 
 def _manifest_path(out: Path, obj: dict[str, Any]) -> Path:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 
+import pulumi
 import pytest
+import yaml
 
 from infra.platforms import cluster_facts
 from infra.settings import parse_stack_config, raw_from_pulumi_config
 from mlops.paths import stack_names
-from mlops.plan import SECRET, run_program, stack_config, write_plan
+from mlops.plan import SAFE_DUMPER, SECRET, Plan, manifest_yaml, run_program, stack_config, write_plan
 from mlops.validate import validate_plan
 
 STACKS = stack_names()
@@ -51,6 +54,42 @@ def test_plan_is_deterministic(tmp_path):
     second = write_plan(run_program("dev"), "minikube", tmp_path / "b")
     assert first == second
     assert (tmp_path / "a" / "resources.json").read_text() == (tmp_path / "b" / "resources.json").read_text()
+
+
+def _ordered(value):
+    if isinstance(value, dict):
+        return {k: _ordered(value[k]) for k in sorted(value)}
+    return [_ordered(v) for v in value] if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("stack", ["dev", "onprem"])
+def test_manifests_are_written_as_pyyaml_safe_dumper_writes_them(stack, plan_of):
+    """The plan's own YAML representer (mlops.plan._ManifestDumper) changes nothing in the files:
+    they are what PyYAML's SafeDumper, on libyaml's emitter, writes of the sorted manifest."""
+    for obj in plan_of(stack).kubernetes_objects:
+        head = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
+        rest = {k: obj[k] for k in obj if k not in head}
+        ordered = {**_ordered(head), **_ordered(rest)}
+        assert manifest_yaml(obj) == yaml.dump(ordered, Dumper=SAFE_DUMPER, sort_keys=False)
+        assert yaml.safe_load(manifest_yaml(obj)) == obj
+
+
+def test_run_program_leaves_garbage_collection_as_it_found_it():
+    """The runner collects no garbage while the program runs (mlops.plan._no_collection), and gives
+    collection back, also when the program fails."""
+    bad = ({"mlops-stack:platform": "minikube", "mlops-stack:environment": "dev",
+            "mlops-stack:mlflow": json.dumps({"replicas": -1})}, [])
+    assert gc.isenabled()
+    with pytest.raises(pulumi.RunError):
+        run_program("bad", bad, plan=Plan(stack="bad"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(pulumi.RunError):
+            run_program("bad", bad, plan=Plan(stack="bad"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("stack", IN_CLUSTER)

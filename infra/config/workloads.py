@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+from zoneinfo import available_timezones
 
 from pydantic import Field, field_validator, model_validator
 
@@ -77,6 +79,10 @@ class MnistWorkloadConfig(Model):
                                                   "protocol)")
 
 
+# reads every file of the zone database (tens of ms); a plan parses its config twice (CLI, program)
+_time_zones = cache(available_timezones)
+
+
 class WorkloadsConfig(Model):
     time_zone: str = Field(description="IANA zone of every workload CronJob (spec.timeZone)")
     pushgateway_image: Image
@@ -104,8 +110,6 @@ class WorkloadsConfig(Model):
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        from zoneinfo import available_timezones
-
-        if v not in available_timezones():
+        if v not in _time_zones():
             raise ValueError("an IANA time zone such as 'Europe/Madrid' or 'Etc/UTC' is allowed")
         return v
