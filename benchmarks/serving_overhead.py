@@ -1,7 +1,10 @@
-"""Benchmark: what serving adds to the NEO model's own time, per one-row request.
+"""Benchmark: what serving adds to a demo model's own time, per one-row (one-image) request.
 
-Run: `.venv/bin/python benchmarks/serving_overhead.py [--rounds 4] [--requests 200]`. Writes
-benchmarks/results/serving_overhead.json and prints a Markdown table.
+Run: `.venv/bin/python benchmarks/serving_overhead.py [--model neo|mnist] [--rounds 4] [--requests 200]`.
+Writes benchmarks/results/serving_overhead.json (neo) or serving_overhead_mnist.json and prints a
+Markdown table.
+
+NEO (the stack serves it from the registry with MLServer):
 
 Variants, each server pinned to one CPU (`taskset -c 0`, as a pod with a 1-CPU limit; an
 inference worker process shares that CPU with its parent) with single-threaded numeric libraries:
@@ -10,11 +13,20 @@ inference worker process shares that CPU with its parent) with single-threaded n
 - MLServer 1.7.1 (`.venv/tools/mlserver`, V2 `POST /v2/models/neo/infer`, content type `pd`):
   `stock` = `mlserver_mlflow.MLflowRuntime` with MLServer's default of one inference worker
   process (what the figures measured before); `stack` = the project's `mlops_mlserver.MLflowRuntime`
-  (one-array numeric decoding) with MLSERVER_PARALLEL_WORKERS=0 (the stack's env); and the two
+  (one-array numeric decoding, the scikit-learn model's predict on frames MLflow's enforcement
+  passes through as they are) with MLSERVER_PARALLEL_WORKERS=0 (the stack's env); and the two
   mixed variants, to attribute the gain;
 - `mlflow models serve` (the project's MLflow, one uvicorn worker, `POST /invocations`).
+
+MNIST (a custom image: the model class in Seldon Core's Python wrapper): in-process the network's
+forward pass and MLflow's pyfunc `predict`; `seldon_wrapper` (`.venv/tools/seldon`, Seldon protocol,
+one worker, one thread, what the image runs); `mlflow models serve` on the same saved model.
+
 Each round runs every variant at concurrency 1 and 8, in a shuffled order, so the load of other
-processes on this shared machine falls on all alike; the load average is recorded per round.
+processes on this shared machine falls on all alike (the in-process ones run on the servers' CPU
+too); the load average is recorded per round. Next to wall-clock latencies each server's CPU time
+per request is recorded (user + system of its processes over the requests): waiting for the CPU
+does not count in it, though contention still inflates it somewhat.
 """
 
 from __future__ import annotations
@@ -28,11 +40,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -42,11 +56,8 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.neo import latencies_ms  # noqa: E402
 from tests.runtimes import MLSERVER_IMAGE, ONE_CPU, SINGLE_THREAD, tool_script, wait_ready  # noqa: E402
 from tests.services import free_port, stop  # noqa: E402
-from workloads.neo import data, model, payload  # noqa: E402
-from workloads.neo.train import flavor_options  # noqa: E402
 
 STOCK_RUNTIME, PROJECT_RUNTIME = "mlserver_mlflow.MLflowRuntime", "mlops_mlserver.MLflowRuntime"
 MLSERVER_VARIANTS = {  # name -> (runtime class, parallel_workers)
@@ -71,6 +82,16 @@ def server(command: list[str], env: dict[str, str], ready_url: str, workdir: Pat
         stop(process)
 
 
+def seldon_wrapper(model_dir: Path, workdir: Path, port: int):
+    """The mnist image's server: the model class in Seldon's wrapper, one worker, one thread."""
+    workdir.mkdir()
+    command = [tool_script("seldon", "seldon-core-microservice", "Seldon Core's Python model wrapper"),
+               "workloads.mnist.serving.MnistClassifier", "--service-type", "MODEL", "--http-port", str(port),
+               "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--workers", "1", "--threads", "1"]
+    return server(command, {"PYTHONPATH": str(ROOT), "MODEL_URI": str(model_dir)},
+                  f"http://127.0.0.1:{port}/health/ping", workdir)
+
+
 def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: int):
     workdir.mkdir()
     settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
@@ -91,10 +112,36 @@ def mlflow_serve(model_dir: Path, workdir: Path, port: int):
     return server(command, env, f"http://127.0.0.1:{port}/ping", workdir)
 
 
-def rss_mb(process: psutil.Process) -> float:
-    """Resident memory of the server and its children (MLServer's inference workers)."""
+def memory_mb(process: psutil.Process) -> dict[str, float]:
+    """Resident memory of the server and its children (MLServer's inference workers, gunicorn's
+    worker), summed (`rss_mb`: pages a forked child shares with its parent count twice) and
+    proportional (`pss_mb`: a shared page split between the processes sharing it)."""
     tree = [process, *process.children(recursive=True)]
-    return round(sum(p.memory_info().rss for p in tree) / 2 ** 20, 1)
+    return {"rss_mb": round(sum(p.memory_info().rss for p in tree) / 2 ** 20, 1),
+            "pss_mb": round(sum(p.memory_full_info().pss for p in tree) / 2 ** 20, 1)}
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU time of the server and its children so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+
+
+def in_process_ms(predict, inputs: list) -> list[float]:  # noqa: ANN001
+    """Latencies of `predict` on each input, on the servers' CPU (the comparison is on one CPU, and
+    on this shared machine the other core may be busier or idler), one numeric thread."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(ONE_CPU[-1])})
+    try:
+        with threadpool_limits(limits=1):
+            predict(inputs[0])  # warm-up
+            out = []
+            for x in inputs:
+                start = time.perf_counter()
+                predict(x)
+                out.append((time.perf_counter() - start) * 1000)
+            return out
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float]:
@@ -115,83 +162,143 @@ def load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], f
         return [ms for chunk in results for ms in chunk], time.perf_counter() - start
 
 
-def figures(ms: list[float], seconds: float | None) -> dict[str, float]:
+def figures(ms: list[float], seconds: float | None, cpu: float | None) -> dict[str, float]:
     out = {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
     if seconds is not None:
         out["requests_per_s"] = round(len(ms) / seconds, 1)
+    if cpu is not None:
+        out["server_cpu_ms_per_request"] = round(cpu * 1000 / len(ms), 2)
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=data.default_source())
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=200, help="per variant, round and concurrency")
-    args = parser.parse_args()
+@dataclass
+class Setup:
+    """One model's variants: in-process predicts (name -> (predict, inputs)), servers started one at a
+    time (name -> (start(workdir, port), URL path, body kind)) and request bodies per kind."""
+
+    model: str
+    in_process: dict[str, tuple[Callable[[Any], Any], list]]
+    servers: dict[str, tuple[Callable[[Path, int], Any], str, str]]
+    bodies: dict[str, list[dict]]
+
+
+def neo_setup(args: argparse.Namespace, tmp: Path) -> Setup:
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    from workloads.neo import data, model, payload
+    from workloads.neo.train import flavor_options
+
     prepared = data.preprocess(data.load(args.data))
     with threadpool_limits(limits=1):
         chosen = model.train_and_select(prepared)
     rows = chosen.X_test
-    bodies = {"v2": [payload.v2(rows.iloc[[i % len(rows)]]) for i in range(args.requests)],
-              "invocations": [payload.invocations(rows.iloc[[i % len(rows)]]) for i in range(args.requests)]}
+    model_dir = tmp / "model"
+    mlflow.sklearn.save_model(chosen.model, model_dir, **flavor_options(chosen.model, rows.head(3)))
+    pyfunc = mlflow.pyfunc.load_model(str(model_dir))
+    picked = [rows.iloc[[i % len(rows)]] for i in range(args.requests)]
+    servers = {name: (lambda workdir, port, r=runtime, w=workers: mlserver(model_dir, r, w, workdir, port),
+                      "/v2/models/neo/infer", "v2") for name, (runtime, workers) in MLSERVER_VARIANTS.items()}
+    servers["mlflow_models_serve"] = (lambda workdir, port: mlflow_serve(model_dir, workdir, port), "/invocations",
+                                      "invocations")
+    return Setup(chosen.chosen, {"in_process_pipeline": (chosen.model.predict, picked),
+                                 "in_process_pyfunc": (pyfunc.predict, picked)},
+                 servers, {"v2": [payload.v2(r) for r in picked], "invocations": [payload.invocations(r) for r in picked]})
+
+
+def mnist_setup(args: argparse.Namespace, tmp: Path) -> Setup:
+    import mlflow.pyfunc
+    import torch
+
+    from workloads.mnist import model, pyfunc, train
+
+    torch.set_num_threads(1)
+    train_split, test = train.splits("sample", "")
+    net, _ = model.train(train_split.X, train_split.y, model.TrainConfig(epochs=args.epochs))
+    model_dir = tmp / "model"
+    with pyfunc.weights_file(net) as weights, pyfunc.code_package() as code:
+        mlflow.pyfunc.save_model(model_dir, python_model=pyfunc.DigitModel(), artifacts={pyfunc.WEIGHTS: weights},
+                                 code_paths=[code], signature=pyfunc.SIGNATURE)
+    loaded = mlflow.pyfunc.load_model(str(model_dir))
+    images = [test.X[[i % len(test.X)]] for i in range(args.requests)]
+    servers = {"seldon_wrapper": (lambda workdir, port: seldon_wrapper(model_dir, workdir, port),
+                                  "/api/v1.0/predictions", "seldon"),
+               "mlflow_models_serve": (lambda workdir, port: mlflow_serve(model_dir, workdir, port), "/invocations",
+                                       "invocations")}
+    return Setup("mnist_cnn", {"in_process_predict": (lambda x: model.probabilities(net, x), images),
+                               "in_process_pyfunc": (loaded.predict, images)},
+                 servers, {"seldon": [{"data": {"ndarray": x.tolist()}} for x in images],
+                           "invocations": [{"inputs": x.tolist()} for x in images]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=("neo", "mnist"), default="neo")
+    parser.add_argument("--data", default=None, help="neo: CSV path or URL (default: the workload's)")
+    parser.add_argument("--epochs", type=int, default=2, help="mnist: training epochs (latency does not need more)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=200, help="per variant, round and concurrency")
+    args = parser.parse_args()
     samples: dict[str, dict[int, list[float]]] = {}
     seconds: dict[str, dict[int, float]] = {}
+    cpu: dict[str, dict[int, float]] = {}
     loads, memory = [], {}
     with tempfile.TemporaryDirectory(prefix="serving-overhead-") as tmp, ExitStack() as stack:
-        import mlflow.pyfunc
-        import mlflow.sklearn
+        if args.model == "neo":
+            from workloads.neo import data
 
-        model_dir = Path(tmp) / "model"
-        mlflow.sklearn.save_model(chosen.model, model_dir, **flavor_options(chosen.model, rows.head(3)))
-        pyfunc = mlflow.pyfunc.load_model(str(model_dir))
+            args.data = args.data or data.default_source()
+            setup = neo_setup(args, Path(tmp))
+        else:
+            setup = mnist_setup(args, Path(tmp))
         urls, processes = {}, {}
-        for name, (runtime, workers) in MLSERVER_VARIANTS.items():  # one at a time: startup is CPU-heavy
+        for name, (start, path, kind) in setup.servers.items():  # one at a time: startup is CPU-heavy
             port = free_port()
-            processes[name] = stack.enter_context(mlserver(model_dir, runtime, workers, Path(tmp) / name, port))
-            urls[name] = (f"http://127.0.0.1:{port}/v2/models/neo/infer", "v2")
-        port = free_port()
-        processes["mlflow_models_serve"] = stack.enter_context(mlflow_serve(model_dir, Path(tmp) / "mlflow", port))
-        urls["mlflow_models_serve"] = (f"http://127.0.0.1:{port}/invocations", "invocations")
+            processes[name] = stack.enter_context(start(Path(tmp) / name, port))
+            urls[name] = (f"http://127.0.0.1:{port}{path}", kind)
         for url, kind in urls.values():  # warm-up
-            load(url, bodies[kind][:20], 1)
+            load(url, setup.bodies[kind][:20], 1)
         rng = random.Random(0)
         for round_ in range(args.rounds):
             loads.append(os.getloadavg()[0])
-            order = [*urls, "in_process_pipeline", "in_process_pyfunc"]
+            order = [*urls, *setup.in_process]
             rng.shuffle(order)
             for name in order:
-                if name.startswith("in_process"):
-                    predict = chosen.model.predict if name == "in_process_pipeline" else pyfunc.predict
-                    with threadpool_limits(limits=1):
-                        samples.setdefault(name, {}).setdefault(1, []).extend(latencies_ms(predict, rows, args.requests))
+                if name in setup.in_process:
+                    predict, inputs = setup.in_process[name]
+                    samples.setdefault(name, {}).setdefault(1, []).extend(in_process_ms(predict, inputs))
                     continue
                 url, kind = urls[name]
                 for c in CONCURRENCY:
-                    ms, wall = load(url, bodies[kind], c)
+                    before = cpu_seconds(processes[name])
+                    ms, wall = load(url, setup.bodies[kind], c)
                     samples.setdefault(name, {}).setdefault(c, []).extend(ms)
                     seconds.setdefault(name, {})[c] = seconds.get(name, {}).get(c, 0.0) + wall
+                    cpu.setdefault(name, {})[c] = cpu.get(name, {}).get(c, 0.0) + cpu_seconds(processes[name]) - before
             print(f"round {round_ + 1}/{args.rounds} done, load {loads[-1]:.2f}", flush=True)
         loads.append(os.getloadavg()[0])
-        memory = {name: rss_mb(p) for name, p in processes.items()}
+        memory = {name: memory_mb(p) for name, p in processes.items()}
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-        "model": chosen.chosen, "rounds": args.rounds, "requests_per_round": args.requests,
+        "model": setup.model, "rounds": args.rounds, "requests_per_round": args.requests,
         "load_average_1m": {"per_round": [round(x, 2) for x in loads], "mean": round(float(np.mean(loads)), 2)},
         "servers_pinned_to": "1 CPU (taskset -c 0)",
-        "variants": {name: {f"c{c}": figures(ms, seconds.get(name, {}).get(c)) for c, ms in by_c.items()}
-                     | ({"rss_mb": memory[name]} if name in memory else {})
+        "variants": {name: {f"c{c}": figures(ms, seconds.get(name, {}).get(c), cpu.get(name, {}).get(c))
+                            for c, ms in by_c.items()}
+                     | memory.get(name, {})
                      for name, by_c in samples.items()},
     }
-    out = ROOT / "benchmarks" / "results" / "serving_overhead.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    name = "serving_overhead.json" if args.model == "neo" else f"serving_overhead_{args.model}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{results['date']}, {results['machine']}, load average {results['load_average_1m']}\n")
-    print("| variant | c=1 p50 (ms) | c=1 p99 (ms) | c=1 req/s | c=8 p50 (ms) | c=8 p99 (ms) | c=8 req/s | RSS (MB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | c=1 p50 (ms) | c=1 p99 (ms) | c=1 req/s | c=1 server CPU/req (ms) | c=8 p50 (ms) | c=8 p99 (ms) "
+          "| c=8 req/s | c=8 server CPU/req (ms) | RSS (MB) | PSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, v in results["variants"].items():
-        c1, c8 = v.get("c1", {}), v.get("c8", {})
-        print(f"| {name} | {c1.get('p50_ms', '')} | {c1.get('p99_ms', '')} | {c1.get('requests_per_s', '')} "
-              f"| {c8.get('p50_ms', '')} | {c8.get('p99_ms', '')} | {c8.get('requests_per_s', '')} | {v.get('rss_mb', '')} |")
+        cells = [v.get(c, {}).get(k, "") for c in ("c1", "c8")
+                 for k in ("p50_ms", "p99_ms", "requests_per_s", "server_cpu_ms_per_request")]
+        print(f"| {name} | {' | '.join(map(str, cells))} | {v.get('rss_mb', '')} | {v.get('pss_mb', '')} |")
 
 
 if __name__ == "__main__":

@@ -146,9 +146,10 @@ def test_models_become_valid_seldon_deployments(with_models):
     assert main["graph"]["implementation"] == "MLFLOW_SERVER" and main["graph"]["modelUri"] == NEO_URI
     assert main["graph"]["envSecretRefName"] == "model-storage"
     assert shadow["shadow"] is True and "4567ef01" in shadow["graph"]["modelUri"]
-    for predictor in (main, shadow):  # the project's MLServer runtime: 400, not 500, for bad inputs
-        [server] = predictor["componentSpecs"][0]["spec"]["containers"]
-        assert server["env"] == [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlops_mlserver.MLflowRuntime"}]
+    for predictor in (main, shadow):  # the project's MLServer runtime: 400, not 500, for bad inputs;
+        [server] = predictor["componentSpecs"][0]["spec"]["containers"]  # no inference worker process
+        assert server["env"] == [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": "mlops_mlserver.MLflowRuntime"},
+                                 {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}]
     container = mnist["spec"]["predictors"][0]["componentSpecs"][0]
     assert container["spec"]["containers"][0]["image"] == "registry.local/mnist-server:3f2c1a9"
     # Seldon 1.17.1: the autoscaling/v2 shape lives in `metricsv2`; in `metrics` (v2beta1) the CRD

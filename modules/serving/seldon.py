@@ -206,8 +206,10 @@ def _predictor(name: str, source: ModelSource, args: ModelDeploymentArgs, mlflow
         graph |= {"implementation": IMPLEMENTATIONS[source.runtime], "modelUri": source.uri}
         if args.storage_secret is not None:
             graph["envSecretRefName"] = args.storage_secret
-        if source.runtime == "mlflow" and mlflow_runtime != STOCK_MLFLOW_RUNTIME:
-            container["env"] = [{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime}]
+        project_runtime = source.runtime == "mlflow" and mlflow_runtime != STOCK_MLFLOW_RUNTIME
+        # no inference worker process, as on KServe (kserve.py `model_env`)
+        container["env"] = [*([{"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": mlflow_runtime}]
+                              if project_runtime else []), dict(NO_WORKERS)]
     else:
         container |= {"image": source.image, "env": custom_env(source, args)}
     pod: dict[str, Any] = {"containers": [container], **args.placement}
