@@ -2,8 +2,10 @@
 args from the plan (pod names, ports and paths made local), 3 Raft masters, the plan's volume
 servers with replication 001, 2 filers and 2 S3 gateways on 127.0.0.1, the bucket Job's script;
 then objects are written, a volume server, a filer and the Raft leader are killed (SIGKILL: weed
-drains for ~20 s on SIGTERM) and every object is read back. Also the plan's shape (PDBs,
-anti-affinity) and `objectStore.external`.
+drains for ~20 s on SIGTERM) and every object is read back. A pod that exits on its own is started
+again, as the kubelet does (restartPolicy Always): a fresh filer that finds its peer registered but not
+yet listening exits to bootstrap later (`weed` 4.47 filer_server.go), and the plan's Parallel
+StatefulSets rely on that restart. Also the plan's shape (PDBs, anti-affinity) and `objectStore.external`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,16 +61,49 @@ def free_pair() -> int:
                 return port
 
 
+RESTART_BACKOFF_S = 2.0  # the kubelet starts at 10 s and doubles; shorter keeps the test quick
+MAX_RESTARTS = 5
+
+
+@dataclass
+class Pod:
+    name: str
+    argv: list[str]
+    data: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    killed: bool = False  # by the test: a lost node, never restarted
+
+    def run(self, work: Path) -> None:
+        with (work / f"{self.name}.log").open("a") as log:
+            self.process = subprocess.Popen(self.argv, cwd=self.data, stdout=log, stderr=subprocess.STDOUT,
+                                            env={"PATH": os.environ["PATH"], "HOME": str(self.data)})
+
+    def send_signal(self, signum: int) -> None:
+        self.killed = True
+        self.process.send_signal(signum)
+
+
 @dataclass
 class Cluster:
     work: Path
     weed: str
-    pods: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
+    pods: dict[str, list[Pod]] = field(default_factory=dict)
     ports: dict[str, list[int]] = field(default_factory=dict)  # http port of each pod, by role
     s3_ports: list[int] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def address(self, role: str, i: int) -> str:
         return f"127.0.0.1:{self.ports[role][i]}"
+
+    def supervise(self) -> None:
+        """restartPolicy Always: a pod that exited by itself runs again after a back-off."""
+        while not self.stopping.wait(RESTART_BACKOFF_S):
+            for pod in (p for pods in list(self.pods.values()) for p in pods):
+                if pod.killed or pod.process.poll() is None or pod.restarts >= MAX_RESTARTS:
+                    continue
+                pod.restarts += 1
+                pod.run(self.work)
 
     def masters(self) -> str:
         return ",".join(self.address("seaweedfs-master", i) for i in range(len(self.ports["seaweedfs-master"])))
@@ -100,15 +136,15 @@ def local_args(args: list[str], pod: str, cluster: Cluster, data: Path, config: 
 def start(cluster: Cluster, plan: Plan, role: str, config: Path) -> None:
     spec = workload(plan, role)["spec"]
     [container] = spec["template"]["spec"]["containers"]
-    cluster.pods[role] = []
+    pods = []
     for i in range(spec["replicas"]):
-        pod = f"{role}-{i}"
-        data = cluster.work / pod
+        name = f"{role}-{i}"
+        data = cluster.work / name
         data.mkdir()
-        argv = [cluster.weed, *local_args(container["args"], pod, cluster, data, config)]
-        with (cluster.work / f"{pod}.log").open("w") as log:
-            cluster.pods[role].append(subprocess.Popen(argv, cwd=data, stdout=log, stderr=subprocess.STDOUT,
-                                                       env={"PATH": os.environ["PATH"], "HOME": str(data)}))
+        pod = Pod(name, [cluster.weed, *local_args(container["args"], name, cluster, data, config)], data)
+        pod.run(cluster.work)
+        pods.append(pod)
+    cluster.pods[role] = pods
 
 
 def wait_for(what: str, check, timeout: float = 90) -> Any:
@@ -156,26 +192,31 @@ def replicated_cluster(plan: Plan) -> Iterator[tuple[Cluster, tuple]]:
     for role in ROLES[:3]:
         cluster.ports[role] = [free_pair() for _ in range(workload(plan, role)["spec"]["replicas"])]
     cluster.s3_ports = [free_pair() for _ in range(workload(plan, "seaweedfs-s3")["spec"]["replicas"])]
+    supervisor = threading.Thread(target=cluster.supervise, daemon=True)
+    supervisor.start()
     try:
         start(cluster, plan, "seaweedfs-master", config)
         wait_for("a Raft leader", lambda: leader(cluster, [0, 1, 2]))
         start(cluster, plan, "seaweedfs-volume", config)
         wait_for("every volume server registered", lambda: volume_servers(cluster) == len(cluster.ports["seaweedfs-volume"]))
         start(cluster, plan, "seaweedfs-filer", config)
+        for port in cluster.ports["seaweedfs-filer"]:  # both, or killing one leaves no filer
+            wait_for(f"filer on {port}", lambda p=port: requests.get(f"http://127.0.0.1:{p}/healthz", timeout=2).ok)
         start(cluster, plan, "seaweedfs-s3", config)
         for port in cluster.s3_ports:
             wait_for(f"S3 gateway on {port}", lambda p=port: socket.create_connection(("127.0.0.1", p), 1).close() or True)
         yield cluster, identities
     except Exception:
-        for log in sorted(cluster.work.glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-1500:]}")
+        for pod in (p for pods in cluster.pods.values() for p in pods):
+            print(f"--- {pod.name} (restarts: {pod.restarts})\n{(cluster.work / f'{pod.name}.log').read_text()[-1500:]}")
         raise
     finally:
-        for pods in cluster.pods.values():
-            for process in pods:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
+        cluster.stopping.set()
+        supervisor.join()
+        for pod in (p for pods in cluster.pods.values() for p in pods):
+            if pod.process.poll() is None:
+                pod.process.kill()
+            pod.process.wait()
         shutil.rmtree(cluster.work, ignore_errors=True)
 
 
