@@ -141,7 +141,8 @@ def test_deployed_models_run_the_stacks_mlserver_build_on_their_gcs_prefix(plans
         assert d["command"] == ["python", "/opt/mlops/vertex_serve.py"]
         assert (d["port"], d["health_route"], d["predict_route"]) == (8080, "/ping", "/invocations")
         assert d["env"] == {"MLSERVER_MODEL_NAME": "neo", "MLSERVER_MODEL_IMPLEMENTATION": "mlops_mlserver.MLflowRuntime",
-                            "MLSERVER_MODEL_URI": "/tmp/model", "MLSERVER_HTTP_PORT": "8080", "MLSERVER_HOST": "0.0.0.0"}
+                            "MLSERVER_MODEL_URI": "/tmp/model", "MLSERVER_HTTP_PORT": "8080", "MLSERVER_HOST": "0.0.0.0",
+                            "MLSERVER_PARALLEL_WORKERS": "4"}  # one per vCPU: Vertex scales on CPU
         assert d["machine_type"] == "n1-standard-4" and d["cpu_target"] == 70 and d["max_replicas"] == 6
         assert d["service_account"] == f"mlops-full-gke-neo-vx@{PROJECT}.iam.gserviceaccount.com"
         assert re.fullmatch(r"[1-9][0-9]{9}", d["id"])
@@ -681,3 +682,9 @@ def test_an_unpriced_machine_type_names_the_pricing_file():
     config = parse_stack_config(_raw(serving__vertex={"machineType": "c2-standard-60"}), stack=STACK)
     with pytest.raises(PricingError, match=r"c2-standard-60.*gcp-vertex-europe-west1\.yaml"):
         build_report(STACK, config=config)
+
+
+@pytest.mark.parametrize(("machine_type", "workers"), [("n1-standard-2", 2), ("n2-highcpu-16", 16), ("e2-medium", 1)])
+def test_mlserver_gets_an_inference_worker_per_vcpu_of_the_node(machine_type, workers):
+    """Vertex scales on the node's CPU: one process could not reach the target (benchmarks/serving_workers.py)."""
+    assert vertex.container_environment("neo", "m.R", machine_type)["MLSERVER_PARALLEL_WORKERS"] == str(workers)

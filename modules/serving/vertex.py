@@ -94,10 +94,20 @@ def numeric_id(*parts: Any) -> str:
     return str(10**9 + digest % (9 * 10**9))
 
 
-def container_environment(model_name: str, mlflow_runtime: str) -> dict[str, str]:
+def inference_workers(machine_type: str) -> int:
+    """One MLServer inference worker per vCPU of the node (shared-core e2-micro/small/medium: one).
+    Vertex scales on the node's CPU utilisation: a server without workers is one process, which uses
+    at most 1/vCPUs of the node (49 % of 2 vCPUs, fully loaded) and never reaches a 70 % target;
+    with 2 workers on 2 vCPUs it reaches 83 % (benchmarks/serving_workers.py)."""
+    size = re.search(r"-([0-9]+)$", machine_type)
+    return int(size[1]) if size else 1
+
+
+def container_environment(model_name: str, mlflow_runtime: str, machine_type: str) -> dict[str, str]:
     """MLServer configured by environment alone, as in a Seldon or KServe pod, on Vertex's port."""
     return {"MLSERVER_MODEL_NAME": model_name, "MLSERVER_MODEL_IMPLEMENTATION": mlflow_runtime,
-            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_HOST": "0.0.0.0"}
+            "MLSERVER_MODEL_URI": MODEL_DIR, "MLSERVER_HTTP_PORT": str(PORT), "MLSERVER_HOST": "0.0.0.0",
+            "MLSERVER_PARALLEL_WORKERS": str(inference_workers(machine_type))}
 
 
 def read_condition(bucket: str, prefixes: Sequence[str]) -> str:
@@ -153,7 +163,7 @@ class VertexEndpoint(DeployedModel):
         cpu_target = args.autoscaling.target_cpu_percent if args.autoscaling else None
         weights = {MAIN: 100 - args.canary_percent, CANDIDATE: args.canary_percent} if args.candidate is not None \
             else {MAIN: 100}
-        env = container_environment(model_name, engine.mlflow_runtime)
+        env = container_environment(model_name, engine.mlflow_runtime, engine.machine_type)
 
         def spec(key: str, image: str, service_account: str) -> dict[str, Any]:
             bucket, prefix = locations[key]
