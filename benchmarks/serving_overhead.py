@@ -24,7 +24,10 @@ one worker, one thread, what the image runs); `mlflow models serve` on the same 
 
 Each round runs every variant at concurrency 1 and 8, in a shuffled order, so the load of other
 processes on this shared machine falls on all alike (the in-process ones run on the servers' CPU
-too); the load average is recorded per round. Next to wall-clock latencies each server's CPU time
+too); the load average is recorded per round. The client is the standard library's `http.client`,
+one keep-alive connection per concurrent client, bodies encoded before the clock starts, on the
+other CPU: what a request costs the client is not serving. `<server>_requests_client` is the
+stack's server measured through `requests` (the client of the earlier figures), to show that share. Next to wall-clock latencies each server's CPU time
 per request is recorded (user + system of its processes over the requests): waiting for the CPU
 does not count in it, though contention still inflates it somewhat.
 """
@@ -32,6 +35,7 @@ does not count in it, though contention still inflates it somewhat.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -52,6 +56,7 @@ import numpy as np
 import psutil
 import requests
 from threadpoolctl import threadpool_limits
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,13 +72,15 @@ MLSERVER_VARIANTS = {  # name -> (runtime class, parallel_workers)
     "mlserver_stack": (PROJECT_RUNTIME, 0),
 }
 CONCURRENCY = (1, 8)
+REQUESTS_CLIENT = "_requests_client"  # suffix of the variant measured through `requests`
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], ready_url: str, workdir: Path) -> Iterator[psutil.Process]:
+def server(command: list[str], env: dict[str, str], ready_url: str, workdir: Path,
+           pin: list[str] = ONE_CPU) -> Iterator[psutil.Process]:
     log = workdir / "server.log"
     with log.open("w") as out:
-        process = subprocess.Popen([*ONE_CPU, *command], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([*pin, *command], cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, **SINGLE_THREAD, **env}, start_new_session=True)
     try:
         wait_ready(ready_url, process, 240, log)
@@ -92,7 +99,7 @@ def seldon_wrapper(model_dir: Path, workdir: Path, port: int):
                   f"http://127.0.0.1:{port}/health/ping", workdir)
 
 
-def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: int):
+def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: int, pin: list[str] = ONE_CPU):
     workdir.mkdir()
     settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
                 "parallel_workers": workers, "debug": False}
@@ -101,7 +108,7 @@ def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: i
         {"name": "neo", "implementation": runtime, "parameters": {"uri": str(model_dir)}}))
     command = tool_script("mlserver", "mlserver", "MLServer, the V2 runtime of registry models")
     return server([command, "start", str(workdir)], {"PYTHONPATH": str(MLSERVER_IMAGE)},
-                  f"http://127.0.0.1:{port}/v2/models/neo/ready", workdir)
+                  f"http://127.0.0.1:{port}/v2/models/neo/ready", workdir, pin)
 
 
 def mlflow_serve(model_dir: Path, workdir: Path, port: int):
@@ -144,10 +151,28 @@ def in_process_ms(predict, inputs: list) -> list[float]:  # noqa: ANN001
         os.sched_setaffinity(0, allowed)
 
 
-def load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], float]:
-    """Latencies (ms) of `bodies` sent by `concurrency` clients, each on its own connection, and the wall time."""
-    chunks = [bodies[i::concurrency] for i in range(concurrency)]
+def http_client(url: str) -> Callable[[list[dict]], list[float]]:
+    """One keep-alive connection; each body's JSON made before its clock starts."""
+    parts = urlsplit(url)
 
+    def client(chunk: list[dict]) -> list[float]:
+        connection, out = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60), []
+        headers = {"Content-Type": "application/json"}
+        for body in [json.dumps(b).encode() for b in chunk]:
+            start = time.perf_counter()
+            connection.request("POST", parts.path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{url}: {response.status} {answer[:300]!r}")
+            out.append((time.perf_counter() - start) * 1000)
+        connection.close()
+        return out
+
+    return client
+
+
+def requests_client(url: str) -> Callable[[list[dict]], list[float]]:
     def client(chunk: list[dict]) -> list[float]:
         session, out = requests.Session(), []
         for body in chunk:
@@ -156,10 +181,25 @@ def load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], f
             out.append((time.perf_counter() - start) * 1000)
         return out
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        start = time.perf_counter()
-        results = list(pool.map(client, chunks))
-        return [ms for chunk in results for ms in chunk], time.perf_counter() - start
+    return client
+
+
+def load(url: str, bodies: list[dict], concurrency: int, with_requests: bool = False,
+         off_server_cpu: bool = True) -> tuple[list[float], float]:
+    """Latencies (ms) of `bodies` sent by `concurrency` clients, each on its own connection, from
+    the CPUs the servers are not pinned to (unless told otherwise), and the wall time."""
+    chunks = [bodies[i::concurrency] for i in range(concurrency)]
+    client = (requests_client if with_requests else http_client)(url)
+    allowed = os.sched_getaffinity(0)
+    if off_server_cpu:  # the pool's threads inherit it
+        os.sched_setaffinity(0, allowed - {int(ONE_CPU[-1])} or allowed)
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            start = time.perf_counter()
+            results = list(pool.map(client, chunks))
+            return [ms for chunk in results for ms in chunk], time.perf_counter() - start
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def figures(ms: list[float], seconds: float | None, cpu: float | None) -> dict[str, float]:
@@ -180,6 +220,7 @@ class Setup:
     in_process: dict[str, tuple[Callable[[Any], Any], list]]
     servers: dict[str, tuple[Callable[[Path, int], Any], str, str]]
     bodies: dict[str, list[dict]]
+    stack_server: str  # the one also measured through `requests`
 
 
 def neo_setup(args: argparse.Namespace, tmp: Path) -> Setup:
@@ -203,7 +244,8 @@ def neo_setup(args: argparse.Namespace, tmp: Path) -> Setup:
                                       "invocations")
     return Setup(chosen.chosen, {"in_process_pipeline": (chosen.model.predict, picked),
                                  "in_process_pyfunc": (pyfunc.predict, picked)},
-                 servers, {"v2": [payload.v2(r) for r in picked], "invocations": [payload.invocations(r) for r in picked]})
+                 servers, {"v2": [payload.v2(r) for r in picked], "invocations": [payload.invocations(r) for r in picked]},
+                 "mlserver_stack")
 
 
 def mnist_setup(args: argparse.Namespace, tmp: Path) -> Setup:
@@ -228,7 +270,7 @@ def mnist_setup(args: argparse.Namespace, tmp: Path) -> Setup:
     return Setup("mnist_cnn", {"in_process_predict": (lambda x: model.probabilities(net, x), images),
                                "in_process_pyfunc": (loaded.predict, images)},
                  servers, {"seldon": [{"data": {"ndarray": x.tolist()}} for x in images],
-                           "invocations": [{"inputs": x.tolist()} for x in images]})
+                           "invocations": [{"inputs": x.tolist()} for x in images]}, "seldon_wrapper")
 
 
 def main() -> None:
@@ -258,6 +300,8 @@ def main() -> None:
             urls[name] = (f"http://127.0.0.1:{port}{path}", kind)
         for url, kind in urls.values():  # warm-up
             load(url, setup.bodies[kind][:20], 1)
+        urls[setup.stack_server + REQUESTS_CLIENT] = urls[setup.stack_server]
+        processes[setup.stack_server + REQUESTS_CLIENT] = processes[setup.stack_server]
         rng = random.Random(0)
         for round_ in range(args.rounds):
             loads.append(os.getloadavg()[0])
@@ -271,19 +315,21 @@ def main() -> None:
                 url, kind = urls[name]
                 for c in CONCURRENCY:
                     before = cpu_seconds(processes[name])
-                    ms, wall = load(url, setup.bodies[kind], c)
+                    ms, wall = load(url, setup.bodies[kind], c, with_requests=name.endswith(REQUESTS_CLIENT))
                     samples.setdefault(name, {}).setdefault(c, []).extend(ms)
                     seconds.setdefault(name, {})[c] = seconds.get(name, {}).get(c, 0.0) + wall
                     cpu.setdefault(name, {})[c] = cpu.get(name, {}).get(c, 0.0) + cpu_seconds(processes[name]) - before
             print(f"round {round_ + 1}/{args.rounds} done, load {loads[-1]:.2f}", flush=True)
         loads.append(os.getloadavg()[0])
-        memory = {name: memory_mb(p) for name, p in processes.items()}
+        memory = {name: memory_mb(p) for name, p in processes.items() if not name.endswith(REQUESTS_CLIENT)}
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
         "model": setup.model, "rounds": args.rounds, "requests_per_round": args.requests,
         "load_average_1m": {"per_round": [round(x, 2) for x in loads], "mean": round(float(np.mean(loads)), 2)},
         "servers_pinned_to": "1 CPU (taskset -c 0)",
+        "client": "http.client, one keep-alive connection per concurrent client, on the other CPU"
+                  f" ({setup.stack_server}{REQUESTS_CLIENT}: requests.Session)",
         "variants": {name: {f"c{c}": figures(ms, seconds.get(name, {}).get(c), cpu.get(name, {}).get(c))
                             for c, ms in by_c.items()}
                      | memory.get(name, {})
