@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.runtimes import MLSERVER_IMAGE, ONE_CPU, SINGLE_THREAD, tool_script, wait_ready  # noqa: E402
+from tests.runtimes import MLSERVER_IMAGE, ONE_CPU, SINGLE_THREAD, seldon_serve, tool_script, wait_ready  # noqa: E402
 from tests.services import free_port, stop  # noqa: E402
 
 STOCK_RUNTIME, PROJECT_RUNTIME = "mlserver_mlflow.MLflowRuntime", "mlops_mlserver.MLflowRuntime"
@@ -90,10 +90,10 @@ def server(command: list[str], env: dict[str, str], ready_url: str, workdir: Pat
 
 
 def seldon_wrapper(model_dir: Path, workdir: Path, port: int):
-    """The mnist image's server: the model class in Seldon's wrapper, one worker, one thread."""
+    """The mnist image's server: the model class in Seldon's wrapper (the image's entrypoint), one
+    worker, one thread."""
     workdir.mkdir()
-    command = [tool_script("seldon", "seldon-core-microservice", "Seldon Core's Python model wrapper"),
-               "workloads.mnist.serving.MnistClassifier", "--service-type", "MODEL", "--http-port", str(port),
+    command = [*seldon_serve(), "workloads.mnist.serving.MnistClassifier", "--service-type", "MODEL", "--http-port", str(port),
                "--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--workers", "1", "--threads", "1"]
     return server(command, {"PYTHONPATH": str(ROOT), "MODEL_URI": str(model_dir)},
                   f"http://127.0.0.1:{port}/health/ping", workdir)

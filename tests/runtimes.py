@@ -122,14 +122,19 @@ def mlserver_from_env(env: dict[str, str], ready_path: str, timeout: float = 240
             yield EnvServer(url, f"http://127.0.0.1:{metrics_port}{endpoint}", workdir / "server.log")
 
 
+def seldon_serve() -> list[str]:
+    """The Seldon-protocol images' entrypoint (workloads/common/seldon_serve.py), in the wrapper's virtualenv."""
+    return [tool_script("seldon", "python", "Seldon Core's Python model wrapper"), "-m", "workloads.common.seldon_serve"]
+
+
 @contextmanager
 def seldon_wrapper(interface: str, env: dict[str, str], timeout: float = 180) -> Iterator[str]:
     """Seldon Core's Python wrapper serving `interface` (module.Class from this repository) as the
-    model container does: Seldon protocol on /api/v1.0/predictions, one worker, one thread."""
-    command = tool_script("seldon", "seldon-core-microservice", "Seldon Core's Python model wrapper")
+    model container does (the images' entrypoint, workloads/common/seldon_serve.py): Seldon protocol
+    on /api/v1.0/predictions, one worker, one thread."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="seldon-") as tmp:
-        args = [command, interface, "--service-type", "MODEL", "--http-port", str(port),
+        args = [*seldon_serve(), interface, "--service-type", "MODEL", "--http-port", str(port),
                 "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
                 "--workers", "1", "--threads", "1"]
         with _server(args, {"PYTHONPATH": str(ROOT), **env}, "/health/ping", port, Path(tmp), timeout) as url:

@@ -135,3 +135,43 @@ def test_mnist_bad_payloads_get_4xx_and_the_server_keeps_serving(mnist):
         _is_clear_4xx(requests.post(url, json=body, timeout=60), words)
     answer = requests.post(url, json={"data": {"ndarray": [image]}}, timeout=30)
     assert answer.status_code == 200 and len(answer.json()["jsonData"]["digits"]) == 1
+
+
+# run by the wrapper's interpreter: the same updates through Seldon's own SeldonMetrics.update and
+# through the images' entrypoint's, on two instances; what each exposes, and what each stored
+METRICS_CHECK = r"""
+import json
+from seldon_core.metrics import SeldonMetrics
+from workloads.common.seldon_serve import skip_empty_updates
+
+def exposed(metrics):
+    return sorted((m.name, [(s.name, sorted(s.labels.items()), s.value) for s in m.samples]) for m in metrics.collect())
+out = {}
+for case, updates in {"no metrics": [[]], "a counter, then none": [[{"type": "COUNTER", "key": "answers", "value": 2}], []],
+                      "a gauge and a timer": [[{"type": "GAUGE", "key": "g", "value": 0.5},
+                                               {"type": "TIMER", "key": "t", "value": 12.0}]]}.items():
+    seldon, ours = SeldonMetrics(worker_id_func=lambda: 7), SeldonMetrics(worker_id_func=lambda: 7)
+    for metrics in updates:
+        SeldonMetrics.update(seldon, [dict(m) for m in metrics], "predict")
+        skip_empty_updates(SeldonMetrics.update)(ours, [dict(m) for m in metrics], "predict")
+    out[case] = {"same": exposed(seldon) == exposed(ours), "series": len(exposed(ours)),
+                 "stored": [len(seldon.data), len(ours.data)]}
+print(json.dumps(out))
+"""
+
+
+def test_the_seldon_entrypoint_skips_only_updates_that_change_nothing():
+    """workloads/common/seldon_serve.py: an update without metrics makes no round trip to the Manager
+    (nothing stored), and every update exposes what Seldon's own update exposes."""
+    import json
+    import subprocess
+
+    from tests.runtimes import ROOT, seldon_serve
+
+    run = subprocess.run([seldon_serve()[0], "-c", METRICS_CHECK], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["no metrics"] == {"same": True, "series": 0, "stored": [1, 0]}, result
+    assert result["a counter, then none"] == {"same": True, "series": 1, "stored": [1, 1]}, result
+    assert result["a gauge and a timer"]["same"] and result["a gauge and a timer"]["series"] == 2, result

@@ -1,6 +1,6 @@
 """The model server class: Seldon Core v1's Python wrapper convention, for both protocols.
 
-    seldon-core-microservice workloads.mnist.serving.MnistClassifier --service-type MODEL
+    python -m workloads.common.seldon_serve workloads.mnist.serving.MnistClassifier --service-type MODEL
 
 The class loads the registered pyfunc from $MODEL_URI (default `/mnt/models`, where Seldon's
 storage initializer puts the artifacts of `modelUri`; `models:/mnist@champion` works with a
