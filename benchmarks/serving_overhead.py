@@ -211,6 +211,14 @@ def figures(ms: list[float], seconds: float | None, cpu: float | None) -> dict[s
     return out
 
 
+def run_header(model: str, args: argparse.Namespace, loads: list[float]) -> dict[str, Any]:
+    """When, where, what and how loaded: the first keys of a results file."""
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
+            "model": model, "rounds": args.rounds, "requests_per_round": args.requests,
+            "load_average_1m": {"per_round": [round(x, 2) for x in loads], "mean": round(float(np.mean(loads)), 2)}}
+
+
 @dataclass
 class Setup:
     """One model's variants: in-process predicts (name -> (predict, inputs)), servers started one at a
@@ -323,10 +331,7 @@ def main() -> None:
         loads.append(os.getloadavg()[0])
         memory = {name: memory_mb(p) for name, p in processes.items() if not name.endswith(REQUESTS_CLIENT)}
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-        "model": setup.model, "rounds": args.rounds, "requests_per_round": args.requests,
-        "load_average_1m": {"per_round": [round(x, 2) for x in loads], "mean": round(float(np.mean(loads)), 2)},
+        **run_header(setup.model, args, loads),
         "servers_pinned_to": "1 CPU (taskset -c 0)",
         "client": "http.client, one keep-alive connection per concurrent client, on the other CPU"
                   f" ({setup.stack_server}{REQUESTS_CLIENT}: requests.Session)",

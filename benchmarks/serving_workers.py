@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving_overhead import PROJECT_RUNTIME, cpu_seconds, figures, load, memory_mb, mlserver, neo_setup  # noqa: E402
+from benchmarks.serving_overhead import (PROJECT_RUNTIME, cpu_seconds, figures, load, memory_mb,  # noqa: E402
+                                         mlserver, neo_setup, run_header)
 from tests.services import free_port  # noqa: E402
 
 TWO_CPUS = ["taskset", "-c", "0,1"]
@@ -83,10 +80,7 @@ def main() -> None:
                                     "server_cpu_share_of_2": round(cpu[name][c] / seconds[name][c] / 2, 2)}
                           for c, ms in by_c.items()} | memory[name]
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}",
-        "model": setup.model, "rounds": args.rounds, "requests_per_round": args.requests,
-        "load_average_1m": {"per_round": [round(x, 2) for x in loads], "mean": round(float(np.mean(loads)), 2)},
+        **run_header(setup.model, args, loads),
         "server_pinned_to": "2 CPUs (taskset -c 0,1), shared with the client",
         "variants": variants,
     }
