@@ -25,9 +25,11 @@ one worker, one thread, what the image runs); `mlflow models serve` on the same 
 Each round runs every variant at concurrency 1 and 8, in a shuffled order, so the load of other
 processes on this shared machine falls on all alike (the in-process ones run on the servers' CPU
 too); the load average is recorded per round. The client is the standard library's `http.client`,
-one keep-alive connection per concurrent client, bodies encoded before the clock starts, on the
-other CPU: what a request costs the client is not serving. `<server>_requests_client` is the
-stack's server measured through `requests` (the client of the earlier figures), to show that share. Next to wall-clock latencies each server's CPU time
+one connection per concurrent client (kept alive where the server allows it; gunicorn's sync
+worker, the mnist wrapper's, closes it after each answer), bodies encoded before the clock
+starts, on the other CPU: what a request costs the client is not serving.
+`<server>_requests_client` is the stack's server measured through `requests` (the client of the
+earlier figures), to show that share. Next to wall-clock latencies each server's CPU time
 per request is recorded (user + system of its processes over the requests): waiting for the CPU
 does not count in it, though contention still inflates it somewhat.
 """
@@ -152,7 +154,8 @@ def in_process_ms(predict, inputs: list) -> list[float]:  # noqa: ANN001
 
 
 def http_client(url: str) -> Callable[[list[dict]], list[float]]:
-    """One keep-alive connection; each body's JSON made before its clock starts."""
+    """One connection (reopened by http.client when the server closed it); each body's JSON made
+    before its clock starts."""
     parts = urlsplit(url)
 
     def client(chunk: list[dict]) -> list[float]:
@@ -333,7 +336,7 @@ def main() -> None:
     results = {
         **run_header(setup.model, args, loads),
         "servers_pinned_to": "1 CPU (taskset -c 0)",
-        "client": "http.client, one keep-alive connection per concurrent client, on the other CPU"
+        "client": "http.client, one connection per concurrent client (kept alive where the server allows), on the other CPU"
                   f" ({setup.stack_server}{REQUESTS_CLIENT}: requests.Session)",
         "variants": {name: {f"c{c}": figures(ms, seconds.get(name, {}).get(c), cpu.get(name, {}).get(c))
                             for c, ms in by_c.items()}
