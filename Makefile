@@ -7,7 +7,7 @@ VENV := .venv
 TOOLS := $(VENV)/tools
 STACK ?= dev
 
-.PHONY: up forward test venv test-deps plan validate down clean
+.PHONY: up forward test venv test-deps bench-deps plan validate down clean
 
 up:
 	./scripts/up.sh
@@ -45,6 +45,13 @@ $(TOOLS)/mlserver/installed: modules/serving/mlserver-image/requirements.txt | $
 
 # torch 2.13.0 is the CPU build (the image takes it from PyTorch's CPU index)
 $(TOOLS)/seldon/installed: workloads/mnist/requirements.txt | $(VENV)/bin/python
+	$(call tool_venv,torch==2.13.0 -r $<)
+
+# benchmarks only (not CI): MLServer with torch, to serve mnist's pyfunc over V2 beside its Seldon wrapper
+# (benchmarks/serving_overhead.py --model mnist)
+bench-deps: test-deps $(TOOLS)/mlserver-torch/installed
+
+$(TOOLS)/mlserver-torch/installed: modules/serving/mlserver-image/requirements.txt | $(VENV)/bin/python
 	$(call tool_venv,torch==2.13.0 -r $<)
 
 # the kserve SDK's typed models (InferenceService round trip); kserve 0.20.0's openapi models need a

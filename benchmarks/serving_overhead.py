@@ -20,7 +20,10 @@ inference worker process shares that CPU with its parent) with single-threaded n
 
 MNIST (a custom image: the model class in Seldon Core's Python wrapper): in-process the network's
 forward pass and MLflow's pyfunc `predict`; `seldon_wrapper` (`.venv/tools/seldon`, Seldon protocol,
-one worker, one thread, what the image runs); `mlflow models serve` on the same saved model.
+one worker, one thread, what the image runs); `mlflow models serve` on the same saved model; and
+`mlserver_v2`, the same pyfunc on MLServer with the project runtime and 0 workers, one V2 FP32
+tensor per image (`.venv/tools/mlserver-torch`, `make bench-deps`): what moving mnist to MLServer
+would give, measured rather than guessed.
 
 Each round runs every variant at concurrency 1 and 8, in a shuffled order, so the load of other
 processes on this shared machine falls on all alike (the in-process ones run on the servers' CPU
@@ -63,7 +66,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.runtimes import MLSERVER_IMAGE, ONE_CPU, SINGLE_THREAD, seldon_serve, tool_script, wait_ready  # noqa: E402
+from tests.runtimes import MLSERVER_IMAGE, ONE_CPU, SINGLE_THREAD, TOOLS, seldon_serve, tool_script, wait_ready  # noqa: E402
 from tests.services import free_port, stop  # noqa: E402
 
 STOCK_RUNTIME, PROJECT_RUNTIME = "mlserver_mlflow.MLflowRuntime", "mlops_mlserver.MLflowRuntime"
@@ -73,6 +76,7 @@ MLSERVER_VARIANTS = {  # name -> (runtime class, parallel_workers)
     "mlserver_project_runtime_1_worker": (PROJECT_RUNTIME, 1),
     "mlserver_stack": (PROJECT_RUNTIME, 0),
 }
+TORCH_MLSERVER = "mlserver-torch"  # the MLServer tool venv with torch (`make bench-deps`): mnist's pyfunc on V2
 CONCURRENCY = (1, 8)
 REQUESTS_CLIENT = "_requests_client"  # suffix of the variant measured through `requests`
 
@@ -101,16 +105,17 @@ def seldon_wrapper(model_dir: Path, workdir: Path, port: int):
                   f"http://127.0.0.1:{port}/health/ping", workdir)
 
 
-def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: int, pin: list[str] = ONE_CPU):
+def mlserver(model_dir: Path, runtime: str, workers: int, workdir: Path, port: int, pin: list[str] = ONE_CPU,
+             name: str = "neo", venv: str = "mlserver"):
     workdir.mkdir()
     settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
                 "parallel_workers": workers, "debug": False}
     (workdir / "settings.json").write_text(json.dumps(settings))
     (workdir / "model-settings.json").write_text(json.dumps(
-        {"name": "neo", "implementation": runtime, "parameters": {"uri": str(model_dir)}}))
-    command = tool_script("mlserver", "mlserver", "MLServer, the V2 runtime of registry models")
+        {"name": name, "implementation": runtime, "parameters": {"uri": str(model_dir)}}))
+    command = tool_script(venv, "mlserver", "MLServer, the V2 runtime of registry models")
     return server([command, "start", str(workdir)], {"PYTHONPATH": str(MLSERVER_IMAGE)},
-                  f"http://127.0.0.1:{port}/v2/models/neo/ready", workdir, pin)
+                  f"http://127.0.0.1:{port}/v2/models/{name}/ready", workdir, pin)
 
 
 def mlflow_serve(model_dir: Path, workdir: Path, port: int):
@@ -265,6 +270,8 @@ def mnist_setup(args: argparse.Namespace, tmp: Path) -> Setup:
 
     from workloads.mnist import model, pyfunc, train
 
+    if not (TOOLS / TORCH_MLSERVER / "bin" / "mlserver").exists():
+        raise SystemExit(f"--model mnist serves the pyfunc on MLServer too: `make bench-deps` builds .venv/tools/{TORCH_MLSERVER}")
     torch.set_num_threads(1)
     train_split, test = train.splits("sample", "")
     net, _ = model.train(train_split.X, train_split.y, model.TrainConfig(epochs=args.epochs))
@@ -277,11 +284,15 @@ def mnist_setup(args: argparse.Namespace, tmp: Path) -> Setup:
     servers = {"seldon_wrapper": (lambda workdir, port: seldon_wrapper(model_dir, workdir, port),
                                   "/api/v1.0/predictions", "seldon"),
                "mlflow_models_serve": (lambda workdir, port: mlflow_serve(model_dir, workdir, port), "/invocations",
-                                       "invocations")}
+                                       "invocations"),
+               "mlserver_v2": (lambda workdir, port: mlserver(model_dir, PROJECT_RUNTIME, 0, workdir, port, name="mnist",
+                                                              venv=TORCH_MLSERVER), "/v2/models/mnist/infer", "v2")}
     return Setup("mnist_cnn", {"in_process_predict": (lambda x: model.probabilities(net, x), images),
                                "in_process_pyfunc": (loaded.predict, images)},
                  servers, {"seldon": [{"data": {"ndarray": x.tolist()}} for x in images],
-                           "invocations": [{"inputs": x.tolist()} for x in images]}, "seldon_wrapper")
+                           "invocations": [{"inputs": x.tolist()} for x in images],
+                           "v2": [{"inputs": [{"name": "image", "shape": [1, 28, 28], "datatype": "FP32",
+                                               "data": x.ravel().tolist()}]} for x in images]}, "seldon_wrapper")
 
 
 def main() -> None:
