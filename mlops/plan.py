@@ -136,8 +136,8 @@ class _Recorder(mocks.MockMonitor):
 
     def _register(self, request: resource_pb2.RegisterResourceRequest) -> resource_pb2.RegisterResourceResponse:
         """`MockMonitor.RegisterResource` (pulumi 3.272.0), its outputs serialized without an event
-        loop where they hold only plain values (all but a few): the SDK spins a loop in the executor
-        thread for each resource, a fifth of a 60-tenant plan."""
+        loop where they hold only plain values (on every stack here, all of them): the SDK runs an
+        event loop for each resource to serialize them."""
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
@@ -351,8 +351,9 @@ def run_program(stack: str, config: tuple[dict[str, str], list[str]] | None = No
 class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
     """Runs each call at once, on the calling thread. The SDK hands every call to the engine to the
     event loop's thread pool, because a real engine answers over gRPC; the plan's engine is the mock
-    monitor in this process, which never waits (its results are made without a loop, `_register`),
-    and the hops to and from the pool's threads were about a tenth of a 60-tenant plan."""
+    monitor in this process, which never waits (its results are made without a loop, `_register`).
+    The two together took a 60-tenant `mlops plan` from 5.27 to 4.85 s (median, side by side, README);
+    the plans are byte-identical."""
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
