@@ -6,7 +6,8 @@ The wrapper hands every answer's custom metrics to `SeldonMetrics.update`, which
 entry of a `multiprocessing.Manager` dict and writes it back, each under the Manager's lock: six
 calls to another process per request, also when there are no metrics, as with the mnist class
 (it returns none). Skipping them took the server's CPU per one-image request from 3.3 to 2.9 ms
-(benchmarks/results/serving_overhead_mnist_stock_wrapper.json, then serving_overhead_mnist.json).
+(benchmarks/results/serving_overhead_mnist_stock_wrapper.json, then
+serving_overhead_mnist_launcher.json).
 An update without metrics leaves the shared data as it was (`collect` yields the same series), so
 it is skipped; updates with metrics run as before. 1.17.1 is the last Apache-2.0 release and
 frozen, so the method this wraps will not move.
