@@ -50,15 +50,12 @@ def workload(plan: Plan, role: str) -> dict[str, Any]:
     return plan.manifest(kind, role, NS)
 
 
-def free_pair() -> int:
-    """A free port p whose gRPC twin p+10000 (weed's default) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port + 10000)) != 0:
-                return port
+def free_pair() -> tuple[int, int]:
+    """An HTTP and a gRPC port, both from this worker's block. weed's default gRPC port, HTTP + 10000,
+    falls in Linux's ephemeral range (32768-60999), where any outgoing connection (another pod's
+    gRPC stream) may hold it for minutes (seen: a filer restarted 5 times on "address already in
+    use"). Peers are addressed as `ip:port.grpcPort`, weed's form for a gRPC port of its own."""
+    return free_port(), free_port()
 
 
 RESTART_BACKOFF_S = 2.0  # the kubelet starts at 10 s and doubles; shorter keeps the test quick
@@ -89,12 +86,18 @@ class Cluster:
     work: Path
     weed: str
     pods: dict[str, list[Pod]] = field(default_factory=dict)
-    ports: dict[str, list[int]] = field(default_factory=dict)  # http port of each pod, by role
-    s3_ports: list[int] = field(default_factory=list)
+    ports: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # (http, grpc) of each pod, by role
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def address(self, role: str, i: int) -> str:
-        return f"127.0.0.1:{self.ports[role][i]}"
+        http, grpc = self.ports[role][i]
+        return f"127.0.0.1:{http}.{grpc}"
+
+    def http_address(self, role: str, i: int) -> str:
+        return f"127.0.0.1:{self.ports[role][i][0]}"
+
+    def http_ports(self, role: str) -> list[int]:
+        return [http for http, _ in self.ports[role]]
 
     def supervise(self) -> None:
         """restartPolicy Always: a pod that exited by itself runs again after a back-off."""
@@ -123,13 +126,14 @@ def local_args(args: list[str], pod: str, cluster: Cluster, data: Path, config: 
         if name == "-ip" or name == "-ip.bind":
             value = "127.0.0.1"
         elif name in ("-port", "-port.grpc"):
-            port = cluster.ports[role][int(ordinal)] if role != "seaweedfs-s3" else cluster.s3_ports[int(ordinal)]
-            value = str(port + (10000 if name == "-port.grpc" else 0))
+            value = str(cluster.ports[role][int(ordinal)][name == "-port.grpc"])
         elif name == "-metricsPort":
             value = str(free_port())
         value = value.replace("/etc/seaweedfs/config.json", str(config))
         value = str(data) if value == "/data" else value
         out.append(f"{name}={value}" if value or "=" in arg else name)
+    if not any(a.startswith("-port.grpc=") for a in out):  # the plan leaves weed's default (HTTP + 10000)
+        out.append(f"-port.grpc={cluster.ports[role][int(ordinal)][1]}")
     return out
 
 
@@ -163,20 +167,20 @@ def wait_for(what: str, check, timeout: float = 90) -> Any:
 
 def leader(cluster: Cluster, alive: list[int]) -> str | None:
     for i in alive:
-        status = requests.get(f"http://{cluster.address('seaweedfs-master', i)}/cluster/status", timeout=2).json()
+        status = requests.get(f"http://{cluster.http_address('seaweedfs-master', i)}/cluster/status", timeout=2).json()
         if status.get("Leader"):
             return re.sub(r"\.\d+$", "", status["Leader"])  # host:port[.grpcPort]
     return None
 
 
 def volume_servers(cluster: Cluster) -> int:
-    status = requests.get(f"http://{cluster.masters().split(',')[0]}/dir/status", timeout=2).json()
+    status = requests.get(f"http://{cluster.http_address('seaweedfs-master', 0)}/dir/status", timeout=2).json()
     return sum(len(rack.get("DataNodes") or []) for dc in status["Topology"]["DataCenters"] for rack in dc["Racks"])
 
 
 def holding_volumes(cluster: Cluster) -> int:
     """The first volume server that stores a volume (001: each volume lives on two servers)."""
-    for i, port in enumerate(cluster.ports["seaweedfs-volume"]):
+    for i, port in enumerate(cluster.http_ports("seaweedfs-volume")):
         if requests.get(f"http://127.0.0.1:{port}/status", timeout=2).json().get("Volumes"):
             return i
     raise AssertionError("no volume server holds a volume after the writes")
@@ -189,9 +193,8 @@ def replicated_cluster(plan: Plan) -> Iterator[tuple[Cluster, tuple]]:
     config_json, identities = identities_with_keys(plan)
     config = cluster.work / "config.json"
     config.write_text(json.dumps(config_json))
-    for role in ROLES[:3]:
+    for role in ROLES:
         cluster.ports[role] = [free_pair() for _ in range(workload(plan, role)["spec"]["replicas"])]
-    cluster.s3_ports = [free_pair() for _ in range(workload(plan, "seaweedfs-s3")["spec"]["replicas"])]
     supervisor = threading.Thread(target=cluster.supervise, daemon=True)
     supervisor.start()
     try:
@@ -200,10 +203,10 @@ def replicated_cluster(plan: Plan) -> Iterator[tuple[Cluster, tuple]]:
         start(cluster, plan, "seaweedfs-volume", config)
         wait_for("every volume server registered", lambda: volume_servers(cluster) == len(cluster.ports["seaweedfs-volume"]))
         start(cluster, plan, "seaweedfs-filer", config)
-        for port in cluster.ports["seaweedfs-filer"]:  # both, or killing one leaves no filer
+        for port in cluster.http_ports("seaweedfs-filer"):  # both, or killing one leaves no filer
             wait_for(f"filer on {port}", lambda p=port: requests.get(f"http://127.0.0.1:{p}/healthz", timeout=2).ok)
         start(cluster, plan, "seaweedfs-s3", config)
-        for port in cluster.s3_ports:
+        for port in cluster.http_ports("seaweedfs-s3"):
             wait_for(f"S3 gateway on {port}", lambda p=port: socket.create_connection(("127.0.0.1", p), 1).close() or True)
         yield cluster, identities
     except Exception:
@@ -242,23 +245,23 @@ def test_replicated_store_survives_a_volume_server_a_filer_and_the_raft_leader(p
         writer = next(i for i in identities if i.write and "mlflow-artifacts" in i.buckets)
         objects = {f"models/{n}/model.bin": os.urandom(96 * 1024 + n) for n in range(24)}
         for key, body in objects.items():
-            s3(cluster.s3_ports[0], writer).put_object(Bucket="mlflow-artifacts", Key=key, Body=body)
+            s3(cluster.http_ports("seaweedfs-s3")[0], writer).put_object(Bucket="mlflow-artifacts", Key=key, Body=body)
 
         victim = holding_volumes(cluster)  # a server without a volume would prove nothing
         cluster.pods["seaweedfs-volume"][victim].send_signal(signal.SIGKILL)
-        assert read_all(s3(cluster.s3_ports[1], writer), objects) == objects
+        assert read_all(s3(cluster.http_ports("seaweedfs-s3")[1], writer), objects) == objects
 
         cluster.pods["seaweedfs-filer"][0].send_signal(signal.SIGKILL)
-        assert read_all(s3(cluster.s3_ports[1], writer), objects) == objects
+        assert read_all(s3(cluster.http_ports("seaweedfs-s3")[1], writer), objects) == objects
 
         old = leader(cluster, [0, 1, 2])
-        index = [cluster.address("seaweedfs-master", i) for i in range(3)].index(old)
+        index = [cluster.http_address("seaweedfs-master", i) for i in range(3)].index(old)
         cluster.pods["seaweedfs-master"][index].send_signal(signal.SIGKILL)
         alive = [i for i in range(3) if i != index]
         new = wait_for("a new Raft leader", lambda: (lambda l: l if l and l != old else None)(leader(cluster, alive)))
         assert new != old
-        assert read_all(s3(cluster.s3_ports[0], writer), objects) == objects
-        s3(cluster.s3_ports[0], writer).put_object(Bucket="mlflow-artifacts", Key="after.bin", Body=b"still writable")
+        assert read_all(s3(cluster.http_ports("seaweedfs-s3")[0], writer), objects) == objects
+        s3(cluster.http_ports("seaweedfs-s3")[0], writer).put_object(Bucket="mlflow-artifacts", Key="after.bin", Body=b"still writable")
 
 
 def test_prod_plan_spreads_every_role_with_a_budget(prod):
